@@ -1,0 +1,397 @@
+"""JobSpec: the one input of a job. Every field is documented where it is declared.
+
+Structural checks (types, ranges, unknown keys) live here; rules that relate several
+fields live in `orchestrator.spec.rules`, so that all of them can be reported at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MethodKind = Literal["full", "lora", "qlora", "freeze", "head"]
+Strategy = Literal["ddp", "fsdp", "deepspeed"]
+DataFormat = Literal["text", "instruction", "chat", "classification"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class Strict(BaseModel):
+    """Base for every spec section: unknown keys are errors, docstrings become descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelSpec(Strict):
+    path: str = "builtin:tiny-base"
+    """Base model: `builtin:tiny-base` (made locally on first use), a local Hugging Face model
+    directory, or a hub id such as `meta-llama/Llama-3.1-8B` (needs the hub or its cache)."""
+
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `path` is a hub id."""
+
+    dtype: Dtype = "auto"
+    """Dtype the base weights are loaded in. `auto`: float32 on CPU, bfloat16 on GPU with bf16."""
+
+    trust_remote_code: bool = False
+    """Allow model code shipped with the checkpoint to run. Off unless you trust the source."""
+
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    """Attention kernel; None lets transformers choose."""
+
+
+# -------------------------------------------------------------------------- method
+
+
+class LoraSpec(Strict):
+    r: int = Field(8, ge=1, le=4096)
+    """Rank of the low-rank update."""
+
+    alpha: float = Field(16.0, gt=0)
+    """Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA)."""
+
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every linear layer
+    except the output head."""
+
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA): learns magnitude and direction separately."""
+
+    use_rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha / sqrt(r), which keeps high ranks trainable."""
+
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases are trained alongside the adapter."""
+
+
+class QuantizationSpec(Strict):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type of the frozen base weights (bitsandbytes). NF4 suits normally
+    distributed weights and is the QLoRA default."""
+
+    double_quant: bool = True
+    """Quantise the quantisation constants too (saves about 0.4 bits per parameter)."""
+
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """Dtype the dequantised weights are multiplied in."""
+
+
+class FreezeSpec(Strict):
+    trainable_layers: int = Field(2, ge=0)
+    """Train only the last N transformer blocks (plus final norm and output head); the
+    earlier blocks and the embeddings stay frozen."""
+
+    train_embeddings: bool = False
+    """Also train the input embeddings (tied heads are trained either way)."""
+
+
+class HeadSpec(Strict):
+    num_labels: int = Field(2, ge=2)
+    """Number of classes of the new classification head."""
+
+    pooling: Literal["last", "mean"] = "last"
+    """How a sequence becomes one feature vector: the last non-pad token, or the mean."""
+
+
+class MethodSpec(Strict):
+    kind: MethodKind = "lora"
+    """full: every weight; lora: low-rank adapters; qlora: adapters over a 4-bit base;
+    freeze: last N blocks only; head: frozen backbone + new classification head."""
+
+    lora: LoraSpec | None = None
+    """Adapter settings (lora and qlora only). Defaults apply when omitted."""
+
+    quantization: QuantizationSpec | None = None
+    """4-bit base settings (qlora only). Defaults apply when omitted."""
+
+    freeze: FreezeSpec | None = None
+    """Which blocks train (freeze only)."""
+
+    head: HeadSpec | None = None
+    """Classification head (head only)."""
+
+    @model_validator(mode="after")
+    def _fill_defaults_for_kind(self) -> "MethodSpec":
+        # Only fill the block that belongs to the chosen kind: a block given for another
+        # kind stays visible to the cross-field rules, which report it.
+        if self.kind in ("lora", "qlora") and self.lora is None:
+            self.lora = LoraSpec()
+        if self.kind == "qlora" and self.quantization is None:
+            self.quantization = QuantizationSpec()
+        if self.kind == "freeze" and self.freeze is None:
+            self.freeze = FreezeSpec()
+        if self.kind == "head" and self.head is None:
+            self.head = HeadSpec()
+        return self
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class ColumnsSpec(Strict):
+    text: str = "text"
+    """Column with raw text (format `text` and `classification`)."""
+
+    prompt: str = "prompt"
+    """Column with the instruction/prompt (format `instruction`)."""
+
+    response: str = "response"
+    """Column with the expected answer (format `instruction`)."""
+
+    system: str | None = None
+    """Optional column with a system prompt prepended to the prompt (format `instruction`)."""
+
+    messages: str = "messages"
+    """Column with a list of {role, content} messages (format `chat`)."""
+
+    label: str = "label"
+    """Column with the integer class (format `classification`)."""
+
+
+class DataSourceSpec(Strict):
+    path: str
+    """A local .jsonl/.json/.parquet/.csv file (relative paths are taken from the current
+    directory), `builtin:demo/<file>` for the generated demo data, or a hub dataset id."""
+
+    format: DataFormat = "instruction"
+    """text: continued pre-training on raw text; instruction: prompt + response, loss on the
+    response only; chat: messages through the tokenizer's chat template, loss on assistant
+    turns; classification: text + label (for method `head`)."""
+
+    split: str = "train"
+    """Split to read when `path` is a hub id."""
+
+    columns: ColumnsSpec = Field(default_factory=ColumnsSpec)
+    """Column names, when the file uses other names than the defaults."""
+
+    max_examples: int | None = Field(None, ge=1)
+    """Use only the first N rows (after skipping bad ones)."""
+
+
+class DataSpec(Strict):
+    train: DataSourceSpec
+    """Training data."""
+
+    eval: DataSourceSpec | None = None
+    """Optional target-task evaluation data (same formats as train)."""
+
+    max_seq_len: int = Field(512, ge=8, le=1_048_576)
+    """Examples longer than this are truncated (the count is reported)."""
+
+    packing: bool = False
+    """Concatenate examples into full max_seq_len rows (no padding waste). Loss masks are kept."""
+
+    on_bad_row: Literal["error", "skip"] = "error"
+    """error: stop at the first malformed row, naming file and row; skip: drop it and report
+    how many were dropped."""
+
+    shuffle: bool = True
+    """Shuffle training rows each epoch (seeded by training.seed)."""
+
+
+# ------------------------------------------------------------------------ training
+
+
+class TrainingSpec(Strict):
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps to run. Set this or `epochs` (not both); neither means one epoch."""
+
+    epochs: float | None = Field(None, gt=0)
+    """Passes over the training data (may be fractional)."""
+
+    per_device_batch_size: int = Field(8, ge=1, le=65536)
+    """Examples per worker per micro-step."""
+
+    grad_accum_steps: int = Field(1, ge=1, le=65536)
+    """Micro-steps accumulated per optimizer step. Global batch = workers x batch x accum."""
+
+    lr: float = Field(2e-4, gt=0, le=10)
+    """Peak learning rate."""
+
+    weight_decay: float = Field(0.0, ge=0, le=10)
+    """AdamW weight decay."""
+
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup."""
+
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup steps from 0 to `lr`."""
+
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this; null disables clipping."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Mixed precision. fp16 needs a GPU; bf16 works on CPU and recent GPUs."""
+
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    """Seeds model init, data order and dropout: the same seed gives the same run."""
+
+    log_every_steps: int = Field(1, ge=1)
+    """Write a metrics.jsonl line every N optimizer steps."""
+
+    eval_every_steps: int | None = Field(None, ge=1)
+    """Evaluate on data.eval every N steps (and at the end). Needs data.eval."""
+
+
+# ----------------------------------------------------------------------- resources
+
+
+class ResourcesSpec(Strict):
+    workers: int = Field(1, ge=1, le=4096)
+    """Ray Train workers (ranks). Each holds a model replica or shard."""
+
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs Ray reserves for each worker."""
+
+    gpus_per_worker: float = Field(0.0, ge=0)
+    """GPUs Ray reserves for each worker; 0 trains on CPU over gloo."""
+
+    strategy: Strategy = "ddp"
+    """ddp: full replica per worker; fsdp: shard params/grads/optimizer (torch FSDP);
+    deepspeed: ZeRO stages 1-3."""
+
+    zero_stage: Literal[1, 2, 3] | None = None
+    """DeepSpeed ZeRO stage (deepspeed only; default 2). 1 shards optimizer states, 2 adds
+    gradients, 3 adds parameters."""
+
+    offload: Literal["none", "optimizer", "all"] = "none"
+    """Offload to CPU memory (deepspeed or fsdp): optimizer states, or optimizer + params."""
+
+
+# ---------------------------------------------------------------------- checkpoint
+
+
+class CheckpointSpec(Strict):
+    every_steps: int | None = Field(None, ge=1)
+    """Save every N optimizer steps (a final checkpoint is always written)."""
+
+    keep_last: int = Field(3, ge=1)
+    """Keep the N newest complete checkpoints."""
+
+    resume: str = "auto"
+    """auto: continue from the latest good checkpoint in the run dir; never: start fresh;
+    or a path to a checkpoint directory."""
+
+    max_failures: int = Field(0, ge=-1)
+    """Worker-group restarts Ray may do after a failure (-1: unlimited)."""
+
+    sigterm_grace_s: float = Field(60.0, gt=0)
+    """On SIGTERM (preemption), seconds allowed to save a checkpoint before exiting."""
+
+
+# ---------------------------------------------------------------------- forgetting
+
+
+class ForgettingTaskSpec(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Task name used in reports."""
+
+    path: str
+    """Held-out source-task data (same path rules as data.train.path)."""
+
+    format: DataFormat = "instruction"
+    """Row format of the file."""
+
+    metric: Literal["loss", "perplexity", "exact_match", "accuracy"] = "exact_match"
+    """exact_match: greedy answer equals the response; loss/perplexity: on the response
+    (or whole text); accuracy: classification rows."""
+
+    max_examples: int | None = Field(200, ge=1)
+    """Evaluate on at most N rows (keeps evaluation cheap)."""
+
+    max_drop: float | None = Field(None, ge=0)
+    """Gate for this task: the largest allowed worsening versus the base model (absolute,
+    in the metric's units). Overrides forgetting.max_drop."""
+
+
+class ForgettingSpec(Strict):
+    tasks: list[ForgettingTaskSpec] = Field(default_factory=list)
+    """Held-out source tasks measured on the base model and during training."""
+
+    every_steps: int | None = Field(None, ge=1)
+    """Evaluate every N steps (and always at the end)."""
+
+    max_drop: float | None = Field(None, ge=0)
+    """Gate for every task without its own max_drop."""
+
+    action: Literal["warn", "stop", "rollback"] = "warn"
+    """When a gate trips: warn and go on; stop the job (non-zero exit); or finish and keep
+    the latest checkpoint that passed every gate."""
+
+
+# --------------------------------------------------------------------------- merge
+
+
+class MergeSpec(Strict):
+    enabled: bool = False
+    """Merge the trained adapter into the base model after training (lora/qlora)."""
+
+    dtype: Dtype = "auto"
+    """Dtype of the merged weights; auto keeps the base model's dtype (qlora: its compute dtype)."""
+
+    tolerance: float = Field(1e-4, gt=0)
+    """Largest allowed |logit difference| between merged model and base + adapter."""
+
+
+# ------------------------------------------------------------------------ tracking
+
+
+class TrackingSpec(Strict):
+    tensorboard: bool = False
+    """Also write TensorBoard event files in the run dir (metrics.jsonl is always written)."""
+
+    mlflow: bool = False
+    """Also log params and metrics to MLflow."""
+
+    mlflow_tracking_uri: str | None = None
+    """MLflow server or file store; default: MLFLOW_TRACKING_URI or ./mlruns."""
+
+    experiment: str | None = None
+    """Experiment name in trackers; default: the job name."""
+
+
+# ----------------------------------------------------------------------------- job
+
+
+class JobSpec(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    """Job name: lowercase letters, digits, '.', '_' and '-'; used in run dirs and Ray."""
+
+    description: str = ""
+    """Free text shown in listings."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    """Base model."""
+
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    """Fine-tuning method."""
+
+    data: DataSpec
+    """Training (and optional evaluation) data."""
+
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Optimisation settings."""
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Workers and distribution strategy."""
+
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpointing and recovery."""
+
+    forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
+    """Catastrophic-forgetting measurement and gates."""
+
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    """Adapter merging."""
+
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment trackers."""

@@ -1,0 +1,63 @@
+"""Where a model or data path points: builtin, a local file/dir, or a hub id.
+
+Kept free of torch/datasets so that `ftctl validate` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+BUILTIN_MODEL = "builtin:tiny-base"
+DEMO_PREFIX = "builtin:demo/"
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Location:
+    kind: Literal["builtin", "demo", "local", "hub"]
+    value: str  # the resolved local path, builtin name, or hub id
+
+
+def ftctl_home() -> Path:
+    """Cache root for the built-in model, demo data and baselines."""
+    return Path(os.environ.get("FTCTL_HOME") or Path.home() / ".cache" / "ftctl")
+
+
+def demo_data_dir() -> Path:
+    return ftctl_home() / "demo-data"
+
+
+def locate_model(path: str) -> Location:
+    if path == BUILTIN_MODEL:
+        return Location("builtin", path)
+    expanded = Path(os.path.expanduser(path))
+    if expanded.exists() or path.startswith((".", "/", "~")) or not _HUB_ID.match(path):
+        return Location("local", str(expanded))
+    return Location("hub", path)
+
+
+def locate_data(path: str) -> Location:
+    if path.startswith(DEMO_PREFIX):
+        return Location("demo", str(demo_data_dir() / path[len(DEMO_PREFIX):]))
+    expanded = Path(os.path.expanduser(path))
+    looks_local = (
+        expanded.exists()
+        or path.startswith((".", "/", "~"))
+        or path.lower().endswith(DATA_SUFFIXES)
+        or not _HUB_ID.match(path)
+    )
+    return Location("local", str(expanded)) if looks_local else Location("hub", path)
+
+
+def demo_file_names() -> list[str]:
+    """Files that `ftctl demo-data` writes (and `builtin:demo/<file>` can name)."""
+    from orchestrator.models.tiny.tasks import SOURCE_TASKS
+
+    fixed = ["target_train.jsonl", "target_eval.jsonl", "classify_train.jsonl",
+             "classify_eval.jsonl", "text_train.jsonl"]
+    return fixed + [f"source_{task}.jsonl" for task in SOURCE_TASKS]

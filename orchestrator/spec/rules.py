@@ -1,0 +1,173 @@
+"""Cross-field rules: checks that relate several fields of a structurally valid JobSpec.
+
+Each rule is a pure function `JobSpec -> list[Problem]`; `cross_field_problems` runs all
+of them so that a user sees every problem in one go.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from orchestrator.spec.models import JobSpec
+from orchestrator.spec.problems import Problem
+
+Rule = Callable[[JobSpec], list[Problem]]
+
+
+def method_blocks_match_kind(spec: JobSpec) -> list[Problem]:
+    m = spec.method
+    problems = []
+    if m.lora is not None and m.kind not in ("lora", "qlora"):
+        problems.append(Problem("method.lora", f"adapter settings do not apply to method.kind={m.kind}",
+                                "remove method.lora or set method.kind to lora or qlora"))
+    if m.quantization is not None and m.kind != "qlora":
+        why = ("full fine-tuning cannot update 4-bit weights" if m.kind == "full"
+               else f"method.kind={m.kind} trains unquantised weights")
+        problems.append(Problem("method.quantization", f"a 4-bit base is only used by qlora; {why}",
+                                "set method.kind=qlora or remove method.quantization"))
+    if m.freeze is not None and m.kind != "freeze":
+        problems.append(Problem("method.freeze", f"layer freezing does not apply to method.kind={m.kind}",
+                                "remove method.freeze or set method.kind=freeze"))
+    if m.head is not None and m.kind != "head":
+        problems.append(Problem("method.head", f"a classification head does not apply to method.kind={m.kind}",
+                                "remove method.head or set method.kind=head"))
+    return problems
+
+
+def head_needs_labels(spec: JobSpec) -> list[Problem]:
+    problems = []
+    sources = [("data.train", spec.data.train)]
+    if spec.data.eval is not None:
+        sources.append(("data.eval", spec.data.eval))
+    for where, source in sources:
+        if spec.method.kind == "head" and source.format != "classification":
+            problems.append(Problem(f"{where}.format",
+                                    f"method.kind=head trains a classifier and needs labelled rows, not '{source.format}'",
+                                    "use format: classification (text + label columns)"))
+        if spec.method.kind != "head" and source.format == "classification":
+            problems.append(Problem(f"{where}.format",
+                                    f"classification rows only train a classification head, not method.kind={spec.method.kind}",
+                                    "set method.kind=head, or use text/instruction/chat data"))
+    if spec.data.packing and spec.data.train.format == "classification":
+        problems.append(Problem("data.packing", "packing mixes several examples in one row, which breaks per-example labels",
+                                "set data.packing: false for classification"))
+    return problems
+
+
+def strategy_options(spec: JobSpec) -> list[Problem]:
+    r = spec.resources
+    problems = []
+    if r.zero_stage is not None and r.strategy != "deepspeed":
+        problems.append(Problem("resources.zero_stage", f"ZeRO stages are a DeepSpeed setting; strategy is {r.strategy}",
+                                "set resources.strategy=deepspeed or remove resources.zero_stage"))
+    if r.offload != "none" and r.strategy == "ddp":
+        problems.append(Problem("resources.offload", "CPU offload needs a sharding strategy; ddp keeps a full replica per worker",
+                                "set resources.strategy to deepspeed or fsdp, or offload: none"))
+    if r.offload == "optimizer" and r.strategy == "fsdp":
+        problems.append(Problem("resources.offload", "FSDP offloads parameters and optimizer together, not the optimizer alone",
+                                "use offload: all with fsdp, or strategy deepspeed for optimizer-only offload"))
+    if r.offload == "all" and r.strategy == "deepspeed" and (r.zero_stage or 2) != 3:
+        problems.append(Problem("resources.offload", "offloading parameters needs ZeRO stage 3 (stages 1-2 do not shard parameters)",
+                                "set resources.zero_stage=3 or offload: optimizer"))
+    return problems
+
+
+def qlora_placement(spec: JobSpec) -> list[Problem]:
+    r = spec.resources
+    if spec.method.kind != "qlora":
+        return []
+    if r.strategy == "fsdp":
+        return [Problem("resources.strategy", "qlora's 4-bit weights cannot be sharded by FSDP here",
+                        "use strategy ddp (each worker holds the small 4-bit base) or deepspeed with zero_stage 1-2")]
+    if r.strategy == "deepspeed" and r.zero_stage == 3:
+        return [Problem("resources.zero_stage", "qlora's 4-bit weights cannot be partitioned by ZeRO-3 here",
+                        "use zero_stage 1 or 2, or strategy ddp")]
+    return []
+
+
+def precision_fits_device(spec: JobSpec) -> list[Problem]:
+    if spec.training.precision == "fp16" and spec.resources.gpus_per_worker == 0:
+        return [Problem("training.precision", "fp16 mixed precision needs a GPU (its loss scaler is CUDA-only)",
+                        "use precision bf16 or fp32 on CPU, or set resources.gpus_per_worker")]
+    return []
+
+
+def steps_or_epochs(spec: JobSpec) -> list[Problem]:
+    t = spec.training
+    problems = []
+    if t.max_steps is not None and t.epochs is not None:
+        problems.append(Problem("training.epochs", "set training.max_steps or training.epochs, not both",
+                                "remove one of them"))
+    if t.max_steps is not None and t.warmup_steps >= t.max_steps:
+        problems.append(Problem("training.warmup_steps",
+                                f"warmup ({t.warmup_steps} steps) must be shorter than training.max_steps ({t.max_steps})"))
+    if t.eval_every_steps is not None and spec.data.eval is None:
+        problems.append(Problem("training.eval_every_steps", "periodic evaluation needs evaluation data",
+                                "set data.eval or remove training.eval_every_steps"))
+    return problems
+
+
+def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
+    f = spec.forgetting
+    problems = []
+    seen: set[str] = set()
+    for i, task in enumerate(f.tasks):
+        where = f"forgetting.tasks.{i}"
+        if task.name in seen:
+            problems.append(Problem(f"{where}.name", f"task name '{task.name}' is used twice", "give each task its own name"))
+        seen.add(task.name)
+        if task.metric == "accuracy" and task.format != "classification":
+            problems.append(Problem(f"{where}.metric", "accuracy is measured on classification rows",
+                                    "use exact_match or loss for generative tasks, or format: classification"))
+        if task.metric == "exact_match" and task.format not in ("instruction", "chat"):
+            problems.append(Problem(f"{where}.metric", f"exact_match needs an expected answer, which format '{task.format}' has not",
+                                    "use metric loss or perplexity, or format instruction/chat"))
+        if task.format == "classification" and task.metric != "accuracy":
+            problems.append(Problem(f"{where}.metric", "classification tasks are measured by accuracy", "set metric: accuracy"))
+        if task.format == "classification" and spec.method.kind != "head":
+            problems.append(Problem(f"{where}.format", "a classification task needs a classification head to be evaluated",
+                                    "use generative source tasks for generative methods"))
+    gated = f.max_drop is not None or any(t.max_drop is not None for t in f.tasks)
+    if (gated or f.every_steps is not None) and not f.tasks:
+        problems.append(Problem("forgetting.tasks", "forgetting gates and cadence need at least one source task",
+                                "list held-out source tasks under forgetting.tasks"))
+    if f.action != "warn" and not gated and f.tasks:
+        problems.append(Problem("forgetting.action", f"action '{f.action}' never fires without a gate",
+                                "set forgetting.max_drop or a task's max_drop"))
+    if f.action == "rollback" and spec.checkpoint.every_steps is None:
+        problems.append(Problem("forgetting.action", "rollback needs intermediate checkpoints to roll back to",
+                                "set checkpoint.every_steps"))
+    if f.action == "rollback" and f.every_steps is None and f.tasks:
+        problems.append(Problem("forgetting.every_steps", "rollback needs evaluations during training, not only at the end",
+                                "set forgetting.every_steps (a multiple of checkpoint.every_steps works best)"))
+    return problems
+
+
+def merge_needs_adapter(spec: JobSpec) -> list[Problem]:
+    if spec.merge.enabled and spec.method.kind not in ("lora", "qlora"):
+        return [Problem("merge.enabled", f"method.kind={spec.method.kind} trains the weights themselves; there is no adapter to merge",
+                        "set merge.enabled: false, or use lora/qlora")]
+    return []
+
+
+def checkpoint_resume_value(spec: JobSpec) -> list[Problem]:
+    if spec.checkpoint.resume.strip() == "":
+        return [Problem("checkpoint.resume", "empty value", "use auto, never, or a checkpoint path")]
+    return []
+
+
+RULES: tuple[Rule, ...] = (
+    method_blocks_match_kind,
+    head_needs_labels,
+    strategy_options,
+    qlora_placement,
+    precision_fits_device,
+    steps_or_epochs,
+    forgetting_tasks_consistent,
+    merge_needs_adapter,
+    checkpoint_resume_value,
+)
+
+
+def cross_field_problems(spec: JobSpec) -> list[Problem]:
+    return [p for rule in RULES for p in rule(spec)]
