@@ -284,9 +284,6 @@ class CheckpointSpec(Strict):
     max_failures: int = Field(0, ge=-1)
     """Worker-group restarts Ray may do after a failure (-1: unlimited)."""
 
-    sigterm_grace_s: float = Field(60.0, gt=0)
-    """On SIGTERM (preemption), seconds allowed to save a checkpoint before exiting."""
-
 
 # ---------------------------------------------------------------------- forgetting
 

@@ -171,3 +171,32 @@ RULES: tuple[Rule, ...] = (
 
 def cross_field_problems(spec: JobSpec) -> list[Problem]:
     return [p for rule in RULES for p in rule(spec)]
+
+
+# Features the job file can describe but this version cannot run yet. Each entry is
+# removed when the capability lands; until then validation refuses it instead of a run
+# silently ignoring it.
+NOT_YET_AVAILABLE = "is not available in this version of ftctl"
+
+
+def available_in_this_version(spec: JobSpec) -> list[Problem]:
+    problems = []
+    if spec.method.kind in ("qlora", "head"):
+        problems.append(Problem("method.kind", f"method '{spec.method.kind}' {NOT_YET_AVAILABLE}",
+                                "use full, lora or freeze"))
+    if spec.resources.strategy != "ddp":
+        problems.append(Problem("resources.strategy", f"strategy '{spec.resources.strategy}' {NOT_YET_AVAILABLE}",
+                                "use ddp"))
+    if spec.merge.enabled:
+        problems.append(Problem("merge.enabled", f"merging after training {NOT_YET_AVAILABLE}", "set merge.enabled: false"))
+    f = spec.forgetting
+    if f.max_drop is not None or any(t.max_drop is not None for t in f.tasks) or f.action != "warn":
+        problems.append(Problem("forgetting", f"forgetting gates (max_drop, action stop/rollback) {NOT_YET_AVAILABLE}; "
+                                              "forgetting is measured and reported only", "remove max_drop and action"))
+    if spec.tracking.tensorboard or spec.tracking.mlflow:
+        problems.append(Problem("tracking", f"TensorBoard and MLflow tracking {NOT_YET_AVAILABLE}; metrics.jsonl is always written",
+                                "set tracking.tensorboard and tracking.mlflow to false"))
+    return problems
+
+
+RULES = RULES + (available_in_this_version,)

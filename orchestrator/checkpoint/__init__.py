@@ -1,0 +1,1 @@
+"""Checkpoints: layout, atomic write + manifest, verification, retention."""

@@ -1,0 +1,136 @@
+"""Checkpoints that are trusted only when complete.
+
+Layout: `<run>/checkpoints/step-<8 digits>/` holding the files of one save and a
+`manifest.json` (file sizes and sha256, step, spec hash) written last. A save goes to a
+temp dir, every file is fsynced, the manifest is written, and the dir is renamed into
+place, so a crash never leaves a checkpoint that looks complete but is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(Exception):
+    """No usable checkpoint, or one that fails verification."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    step: int
+    spec_hash: str
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def staging_dir(checkpoints: Path, step: int) -> Path:
+    """Where the ranks write a checkpoint before it is committed."""
+    return checkpoints / f".tmp-{step_dir_name(step)}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int | None = None) -> Path:
+    """Fsync the staged files, write the manifest last, rename into place, apply retention."""
+    files = {}
+    for f in sorted(p for p in staging.rglob("*") if p.is_file()):
+        _fsync(f)
+        files[str(f.relative_to(staging))] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+    manifest = {"step": step, "spec_hash": spec_hash, "files": files}
+    tmp = staging / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    _fsync(tmp)
+    os.replace(tmp, staging / MANIFEST)
+    final = staging.parent / step_dir_name(step)
+    if final.exists():  # a re-save of the same step (e.g. after a restart) replaces the old one
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _fsync_dir(staging.parent)
+    if keep_last is not None:
+        apply_retention(staging.parent, keep_last)
+    return final
+
+
+def verify_checkpoint(path: Path) -> CheckpointInfo:
+    """Check the manifest and every file's size and hash; raise CheckpointError saying what is wrong."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {path.name} is incomplete (manifest missing)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        step = int(manifest["step"])
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {path.name} has an unreadable manifest") from None
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path.name} is missing {name}")
+        if f.stat().st_size != meta["bytes"]:
+            raise CheckpointError(f"checkpoint {path.name}: {name} has {f.stat().st_size} bytes, "
+                                  f"manifest says {meta['bytes']} (truncated or overwritten)")
+        if sha256_file(f) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {path.name}: {name} does not match its sha256 (corrupt)")
+    return CheckpointInfo(path=path, step=step, spec_hash=str(manifest.get("spec_hash", "")))
+
+
+def list_checkpoints(checkpoints: Path) -> list[Path]:
+    """Committed-looking checkpoint dirs, oldest first (not yet verified)."""
+    if not checkpoints.is_dir():
+        return []
+    found = [p for p in checkpoints.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_complete_checkpoint(checkpoints: Path, warn=print) -> CheckpointInfo | None:
+    """The newest checkpoint that verifies; broken newer ones are skipped with a message."""
+    candidates = list_checkpoints(checkpoints)
+    for i, path in enumerate(reversed(candidates)):
+        try:
+            return verify_checkpoint(path)
+        except CheckpointError as err:
+            older = candidates[len(candidates) - i - 2].name if len(candidates) - i - 2 >= 0 else None
+            warn(f"{err}; " + (f"trying {older} instead" if older else "no older checkpoint to fall back to"))
+    return None
+
+
+def apply_retention(checkpoints: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints; returns what was deleted."""
+    found = list_checkpoints(checkpoints)
+    doomed = found[: max(0, len(found) - keep_last)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync(path)
+    except OSError:  # some filesystems refuse fsync on directories; the rename still stands
+        pass

@@ -1,0 +1,147 @@
+"""Build the model and tokenizer a method trains: resolve the base, then apply the method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec import paths
+from orchestrator.spec.models import JobSpec, MethodSpec, ModelSpec
+
+
+class ModelError(Exception):
+    """The base model cannot be found or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.trainable:,} trainable / {self.total:,} total ({100 * self.fraction:.2f}%)"
+
+
+def resolve_model_dir(model: ModelSpec, progress=None) -> str:
+    """A local directory (or hub id) that `from_pretrained` can load; builds the tiny base."""
+    loc = paths.locate_model(model.path)
+    if loc.kind == "builtin":
+        from orchestrator.models.tiny.build import ensure_tiny_base
+
+        return str(ensure_tiny_base(progress=progress))
+    if loc.kind == "local":
+        if not (Path(loc.value) / "config.json").is_file():
+            raise ModelError(f"model.path '{model.path}' is not a Hugging Face model directory (no config.json)")
+        return loc.value
+    return loc.value
+
+
+def load_tokenizer(model_dir: str, model: ModelSpec):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir, revision=model.revision,
+                                            trust_remote_code=model.trust_remote_code)
+    except OSError as err:
+        raise ModelError(_load_hint(model, err)) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _load_hint(model: ModelSpec, err: Exception) -> str:
+    if paths.locate_model(model.path).kind == "hub":
+        return (f"could not load model '{model.path}' from the hub or its local cache ({err.__class__.__name__}); "
+                f"download it (huggingface-cli download {model.path} --local-dir DIR) and set model.path to DIR")
+    return f"could not load model '{model.path}': {err}"
+
+
+def torch_dtype(name: str, on_gpu: bool, precision: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if on_gpu and precision == "bf16" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, ParamCount]:
+    """Load the base model and make only the weights the method trains require grad."""
+    from transformers import AutoModelForCausalLM
+
+    m = spec.model
+    kwargs: dict[str, Any] = dict(revision=m.revision, trust_remote_code=m.trust_remote_code,
+                                  dtype=torch_dtype(m.dtype, on_gpu, spec.training.precision))
+    if m.attn_implementation:
+        kwargs["attn_implementation"] = m.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except OSError as err:
+        raise ModelError(_load_hint(m, err)) from None
+    model = apply_method(model, spec.method)
+    if spec.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    return model, count_params(model)
+
+
+def apply_method(model, method: MethodSpec):
+    kind = method.kind
+    if kind == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if kind == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = method.lora
+        assert lora is not None  # filled by MethodSpec for lora
+        config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, use_dora=lora.use_dora, use_rslora=lora.use_rslora,
+            bias=lora.bias, task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+    if kind == "freeze":
+        return freeze_early_layers(model, method.freeze.trainable_layers, method.freeze.train_embeddings)
+    raise ModelError(f"method.kind={kind} is not available in this version of ftctl")
+
+
+def freeze_early_layers(model, trainable_layers: int, train_embeddings: bool):
+    """Train the last N decoder blocks, the final norm and the output head; freeze the rest."""
+    layers = _decoder_layers(model)
+    if trainable_layers > len(layers):
+        raise ModelError(f"method.freeze.trainable_layers={trainable_layers} but the model has only "
+                         f"{len(layers)} blocks; use at most {len(layers)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in layers[len(layers) - trainable_layers:]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    for module in (getattr(model.get_decoder(), "norm", None), model.get_output_embeddings()):
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad_(True)
+    if train_embeddings:
+        for p in model.get_input_embeddings().parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def _decoder_layers(model):
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
+    if layers is None:
+        raise ModelError(f"cannot find the transformer blocks of {type(model).__name__} to freeze")
+    return list(layers)
+
+
+def count_params(model) -> ParamCount:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return ParamCount(trainable, total)

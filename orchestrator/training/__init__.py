@@ -1,0 +1,1 @@
+"""The per-worker training loop, the driver that runs it on Ray, and their metrics."""

@@ -1,0 +1,67 @@
+"""Evaluation inside the workers: sharded across ranks, gathered, no gradients."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from orchestrator.data.pipeline import collate
+from orchestrator.forgetting.exact_match import greedy_exact_match
+
+IGNORE = -100
+
+
+def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int) -> float:
+    """Mean token loss over `dataset`; each rank takes every world-th example."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    indices = list(range(rank, len(dataset), world))
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    loss_sum, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(indices), batch_size):
+            batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            if "position_ids" in batch:
+                kwargs["position_ids"] = batch["position_ids"]
+            logits = unwrapped(**kwargs).logits[:, :-1, :].float()
+            labels = batch["labels"][:, 1:]
+            loss_sum += float(torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"))
+            tokens += int((labels != IGNORE).sum())
+    unwrapped.train(was_training)
+    loss_sum, tokens = _sum_across_ranks([loss_sum, float(tokens)], accelerator.device)
+    return loss_sum / max(tokens, 1.0)
+
+
+def evaluate_forgetting(accelerator, model, tasks: list[dict[str, Any]], tokenizer, pad_id: int) -> dict[str, float]:
+    """Each source task's metric on the current model, rows sharded across ranks."""
+    from orchestrator.data.pipeline import load_prepared
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    unwrapped = accelerator.unwrap_model(model)
+    out: dict[str, float] = {}
+    for task in tasks:
+        metric = task["metric"]
+        if metric == "exact_match":
+            rows = task["rows"][rank::world]
+            correct = greedy_exact_match(unwrapped, tokenizer, rows) * len(rows) if rows else 0.0
+            total_correct, total = _sum_across_ranks([correct, float(len(rows))], accelerator.device)
+            out[task["name"]] = total_correct / max(total, 1.0)
+        else:
+            loss = evaluate_loss(accelerator, model, load_prepared(task["cache_dir"]), pad_id, 32)
+            out[task["name"]] = loss if metric == "loss" else math.exp(min(loss, 50.0))
+    return out
+
+
+def _sum_across_ranks(values: list[float], device) -> list[float]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()

@@ -1,0 +1,272 @@
+"""`ftctl run`: prepare a job on the driver, train it on Ray Train, write the run dir.
+
+The driver resolves the base model, tokenises the data once (workers load the cached
+result), starts or joins Ray, runs `TorchTrainer` with `resources.workers` workers, shows
+progress by following metrics.jsonl, and writes summary.json and the forgetting report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from orchestrator.spec.models import DataSourceSpec, JobSpec
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+class JobFailed(Exception):
+    """A job could not run; the message says why and what to do."""
+
+
+def spec_hash(spec: JobSpec) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def default_run_dir(spec: JobSpec) -> Path:
+    return Path("runs") / f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = None,
+            console: Console | None = None) -> int:
+    """Run one job in the foreground; returns the process exit code."""
+    console = console or Console()
+    run_dir = (run_dir or default_run_dir(spec)).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "job.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    console.print(f"run dir: {run_dir}")
+    started = time.time()
+    try:
+        config = prepare_job(spec, run_dir, console)
+        result = train_on_ray(spec, config, run_dir, address, console)
+    except JobFailed as err:
+        _write_summary(run_dir, spec, {"status": "failed", "error": str(err)}, started)
+        console.print(f"[red]✗ job failed:[/red] {err}")
+        return EXIT_FAILED
+    summary = finish_job(spec, run_dir, result, started, console)
+    return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any]:
+    """Everything the workers need, as plain values: model dir, data caches, eval rows."""
+    from orchestrator.data.errors import DataError
+    from orchestrator.data.pipeline import prepare_dataset
+    from orchestrator.models.build import ModelError, load_tokenizer, resolve_model_dir
+
+    try:
+        with console.status(f"resolving model {spec.model.path}") as status:
+            model_dir = resolve_model_dir(spec.model, progress=lambda m: status.update(f"building {spec.model.path}: {m}"))
+            tokenizer = load_tokenizer(model_dir, spec.model)
+        with console.status("preparing data"):
+            train = prepare_dataset(spec.data.train, spec.data, tokenizer)
+            evaluation = prepare_dataset(spec.data.eval, spec.data, tokenizer) if spec.data.eval else None
+            forgetting = [_forgetting_task(task, spec, tokenizer) for task in spec.forgetting.tasks]
+    except (ModelError, DataError) as err:
+        raise JobFailed(str(err)) from None
+    s = train.stats
+    console.print(f"data: {s.rows_used} training rows ({s.rows_skipped} skipped, {s.truncated} truncated"
+                  + (f", packed into {s.packed_rows} rows" if spec.data.packing else "") + f"), fingerprint {train.fingerprint[:12]}")
+    for example in s.skipped_examples:
+        console.print(f"  skipped: {example}")
+    global_batch = spec.resources.workers * spec.training.per_device_batch_size * spec.training.grad_accum_steps
+    if len(train.dataset) < global_batch:
+        raise JobFailed(f"{len(train.dataset)} training rows cannot fill one global batch of {global_batch} "
+                        f"(workers x per_device_batch_size x grad_accum_steps); lower the batch or add data")
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "spec_hash": spec_hash(spec),
+        "run_dir": str(run_dir),
+        "model_dir": str(model_dir),
+        "train_cache": str(train.cache_dir),
+        "eval_cache": str(evaluation.cache_dir) if evaluation else None,
+        "forgetting": forgetting,
+        "data": {"train_fingerprint": train.fingerprint, "rows": s.rows_used, "skipped": s.rows_skipped,
+                 "truncated": s.truncated, "eval_rows": s.rows_used if evaluation is None else evaluation.stats.rows_used},
+    }
+
+
+def _forgetting_task(task, spec: JobSpec, tokenizer) -> dict[str, Any]:
+    from orchestrator.data.pipeline import prepare_dataset
+    from orchestrator.data.sources import open_source
+
+    source = DataSourceSpec(path=task.path, format=task.format, max_examples=task.max_examples)
+    entry: dict[str, Any] = {"name": task.name, "metric": task.metric}
+    if task.metric == "exact_match":
+        cols = source.columns
+        rows = []
+        for row in open_source(source).read_rows():
+            if row.values is None or not isinstance(row.values.get(cols.prompt), str):
+                continue
+            rows.append({"prompt": row.values[cols.prompt], "response": str(row.values.get(cols.response, ""))})
+            if len(rows) >= (task.max_examples or len(rows) + 1):
+                break
+        entry["rows"] = rows
+    else:
+        entry["cache_dir"] = str(prepare_dataset(source, spec.data, tokenizer).cache_dir)
+    return entry
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def train_on_ray(spec: JobSpec, config: dict[str, Any], run_dir: Path, address: str | None,
+                 console: Console) -> dict[str, Any]:
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.training.loop import train_loop_per_worker
+
+    r = spec.resources
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        with console.status("starting Ray" if not address else f"connecting to Ray at {address}"):
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                needed = max(os.cpu_count() or 1, int(r.workers * r.cpus_per_worker) + 1)
+                ray.init(num_cpus=needed, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+    resources = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        resources["GPU"] = r.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"{spec.name}-{config['spec_hash'][:8]}", storage_path=str(run_dir / "ray"),
+                             failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures)),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except Exception as exc:  # reported below, after the progress bar closes
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    _follow_progress(thread, run_dir, spec, console)
+    thread.join()
+    if "error" in outcome:
+        raise JobFailed(_failure_cause(outcome["error"]))
+    result_file = run_dir / "worker_result.json"
+    if not result_file.is_file():
+        raise JobFailed("training ended without a result from rank 0; see the Ray logs under " + str(run_dir / "ray"))
+    return json.loads(result_file.read_text())
+
+
+def _follow_progress(thread: threading.Thread, run_dir: Path, spec: JobSpec, console: Console) -> None:
+    metrics, status_file = run_dir / "metrics.jsonl", run_dir / "worker_status.json"
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("starting workers", total=spec.training.max_steps or 1, info="")
+        offset = 0
+        while thread.is_alive():
+            time.sleep(0.5)
+            if status_file.is_file() and progress.tasks[0].description == "starting workers":
+                status = json.loads(status_file.read_text())
+                progress.update(bar, description="training", total=status["total_steps"],
+                                info=f"world {status['world_size']}")
+            if metrics.is_file():
+                with open(metrics) as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                complete = chunk[: chunk.rfind("\n") + 1]
+                offset += len(complete)
+                for line in complete.splitlines():
+                    rec = json.loads(line)
+                    if "loss" in rec:
+                        progress.update(bar, completed=rec["step"],
+                                        info=f"loss {rec['loss']:.4f}  {rec.get('tokens_per_s', 0):,.0f} tok/s")
+
+
+def _failure_cause(exc: Exception) -> str:
+    text = str(exc)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # Ray wraps the worker's exception; its last lines name the real cause.
+    tail = [ln for ln in lines if not ln.startswith(" ")][-3:]
+    return " | ".join(tail) if tail else exc.__class__.__name__
+
+
+# ----------------------------------------------------------------------------- finish
+
+
+def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: float, console: Console) -> dict[str, Any]:
+    from orchestrator.forgetting.report import build_forgetting_report, write_forgetting_report
+
+    artifacts = {"checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.jsonl")}
+    artifact = run_dir / ("adapter" if spec.method.kind in ("lora", "qlora") else "model")
+    if artifact.is_dir():
+        artifacts["adapter" if spec.method.kind in ("lora", "qlora") else "model"] = str(artifact)
+        _save_tokenizer(result, artifact, spec)
+    forgetting = None
+    if result.get("forgetting_history"):
+        report = build_forgetting_report(spec, result["forgetting_history"])
+        write_forgetting_report(report, run_dir)
+        artifacts["forgetting"] = str(run_dir / "forgetting.json")
+        forgetting = report["summary"]
+        _print_forgetting(report, console)
+    summary = {
+        "status": "succeeded",
+        "world_size": result["world_size"],
+        "steps": result["steps"],
+        "samples_seen": result["samples_seen"],
+        "tokens_seen": result["tokens_seen"],
+        "final_loss": result["final_loss"],
+        "final_eval": result.get("final_eval"),
+        "train_seconds": round(result["train_seconds"], 3),
+        "params": result["params"],
+        "resumed_from": result.get("resumed_from"),
+        "forgetting": forgetting,
+        "artifacts": artifacts,
+    }
+    _write_summary(run_dir, spec, summary, started)
+    loss = summary["final_loss"]
+    console.print(f"[green]✓[/green] {spec.name}: {summary['steps']} steps on {summary['world_size']} worker(s), "
+                  f"final loss {loss:.4f}" + (f", eval loss {result['final_eval']['eval_loss']:.4f}"
+                                              if result.get("final_eval", {}).get("eval_loss") is not None else "")
+                  + f", {summary['train_seconds']:.1f}s training")
+    console.print(f"  run dir: {run_dir}")
+    return summary
+
+
+def _save_tokenizer(result: dict[str, Any], artifact: Path, spec: JobSpec) -> None:
+    from orchestrator.models.build import load_tokenizer, resolve_model_dir
+
+    load_tokenizer(resolve_model_dir(spec.model), spec.model).save_pretrained(str(artifact))
+
+
+def _write_summary(run_dir: Path, spec: JobSpec, summary: dict[str, Any], started: float) -> None:
+    summary = {"name": spec.name, **summary, "wall_seconds": round(time.time() - started, 3)}
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+
+
+def _print_forgetting(report: dict[str, Any], console: Console) -> None:
+    table = Table(title="forgetting (held-out source tasks)")
+    for col in ("task", "metric", "base", "final", "change"):
+        table.add_column(col)
+    for name, task in report["tasks"].items():
+        table.add_row(name, task["metric"], f"{task['base']:.3f}", f"{task['final']:.3f}",
+                      f"{task['delta']:+.3f}" + (" worse" if task["worse"] else ""))
+    console.print(table)

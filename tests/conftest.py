@@ -1,0 +1,36 @@
+"""Test tiers: unit (fast, no Ray), integration (tiny base model, local Ray), gpu (CUDA only).
+
+Tests under tests/integration/ and tests/gpu/ are marked automatically; gpu tests are
+skipped with a reason when no CUDA device is present.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = None
+    for item in items:
+        path = Path(str(item.fspath))
+        if TESTS / "integration" in path.parents:
+            item.add_marker(pytest.mark.integration)
+        if TESTS / "gpu" in path.parents:
+            item.add_marker(pytest.mark.gpu)
+            if cuda is None:
+                cuda = _cuda_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none is visible on this machine"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
