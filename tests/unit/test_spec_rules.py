@@ -1,0 +1,242 @@
+"""Cross-field rules: each one refuses the combination it is about and lets the fixed one pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec import JobSpec, Problem, SpecError, load_spec, resolve_spec
+from orchestrator.spec import rules
+from orchestrator.spec.load import read_job_file
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+# Features a job file can describe but this version refuses to run; that refusal is a rule
+# of its own (tested at the end), so the other tests look past it.
+NOT_YET = getattr(rules, "NOT_YET_AVAILABLE", "is not available in this version")
+
+TASK = {"name": "sorting", "path": "builtin:demo/source_sorting.jsonl"}
+CLASSIFY = {"method.kind": "head", "data.train.format": "classification"}
+
+
+def job(**dotted) -> dict:
+    """A small valid job dict with dotted keys (`**{"resources.workers": 2}`) set on it."""
+    raw: dict = {"name": "rules", "data": {"train": {"path": "train.jsonl"}}}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return raw
+
+
+def rule_problems(settings: dict) -> list[Problem]:
+    try:
+        resolve_spec(job(**settings), check_files=False)
+    except SpecError as err:
+        return [p for p in err.problems if NOT_YET not in p.message]
+    return []
+
+
+# (id, bad settings, path of the problem, words in its message, settings that fix it)
+CASES = [
+    ("quantization-with-full", {"method.kind": "full", "method.quantization": {}},
+     "method.quantization", "full fine-tuning cannot update 4-bit weights",
+     {"method.kind": "qlora", "method.quantization": {"quant_type": "fp4"}}),
+    ("quantization-with-lora", {"method.kind": "lora", "method.quantization": {"double_quant": False}},
+     "method.quantization", "only used by qlora",
+     {"method.kind": "lora"}),
+    ("lora-block-with-full", {"method.kind": "full", "method.lora": {"r": 4}},
+     "method.lora", "do not apply to method.kind=full",
+     {"method.kind": "lora", "method.lora": {"r": 4}}),
+    ("lora-block-with-freeze", {"method.kind": "freeze", "method.lora": {}},
+     "method.lora", "do not apply to method.kind=freeze",
+     {"method.kind": "freeze"}),
+    ("freeze-block-with-lora", {"method.kind": "lora", "method.freeze": {"trainable_layers": 1}},
+     "method.freeze", "does not apply to method.kind=lora",
+     {"method.kind": "freeze", "method.freeze": {"trainable_layers": 1}, "method.lora": None}),
+    ("head-block-with-lora", {"method.kind": "lora", "method.head": {"num_labels": 3}},
+     "method.head", "does not apply to method.kind=lora",
+     {**CLASSIFY, "method.head": {"num_labels": 3}}),
+    ("head-needs-classification-train-data", {"method.kind": "head"},
+     "data.train.format", "needs labelled rows",
+     CLASSIFY),
+    ("head-needs-classification-eval-data", {**CLASSIFY, "data.eval": {"path": "eval.jsonl"}},
+     "data.eval.format", "needs labelled rows",
+     {**CLASSIFY, "data.eval": {"path": "eval.jsonl", "format": "classification"}}),
+    ("classification-data-needs-head", {"data.train.format": "classification"},
+     "data.train.format", "only train a classification head",
+     CLASSIFY),
+    ("classification-eval-data-needs-head", {"data.eval": {"path": "e.jsonl", "format": "classification"}},
+     "data.eval.format", "only train a classification head",
+     {"data.eval": {"path": "e.jsonl", "format": "instruction"}}),
+    ("packing-with-classification", {**CLASSIFY, "data.packing": True},
+     "data.packing", "breaks per-example labels",
+     {**CLASSIFY, "data.packing": False}),
+    ("zero-stage-needs-deepspeed", {"resources.zero_stage": 2},
+     "resources.zero_stage", "DeepSpeed setting",
+     {"resources.strategy": "deepspeed", "resources.zero_stage": 2}),
+    ("zero-stage-with-fsdp", {"resources.strategy": "fsdp", "resources.zero_stage": 3},
+     "resources.zero_stage", "strategy is fsdp",
+     {"resources.strategy": "fsdp"}),
+    ("offload-with-ddp", {"resources.offload": "optimizer"},
+     "resources.offload", "needs a sharding strategy",
+     {"resources.strategy": "deepspeed", "resources.offload": "optimizer"}),
+    ("offload-optimizer-with-fsdp", {"resources.strategy": "fsdp", "resources.offload": "optimizer"},
+     "resources.offload", "not the optimizer alone",
+     {"resources.strategy": "fsdp", "resources.offload": "all"}),
+    ("offload-all-with-default-zero-stage", {"resources.strategy": "deepspeed", "resources.offload": "all"},
+     "resources.offload", "ZeRO stage 3",
+     {"resources.strategy": "deepspeed", "resources.zero_stage": 3, "resources.offload": "all"}),
+    ("offload-all-with-zero-1", {"resources.strategy": "deepspeed", "resources.zero_stage": 1, "resources.offload": "all"},
+     "resources.offload", "ZeRO stage 3",
+     {"resources.strategy": "deepspeed", "resources.zero_stage": 1, "resources.offload": "optimizer"}),
+    ("qlora-with-fsdp", {"method.kind": "qlora", "resources.strategy": "fsdp"},
+     "resources.strategy", "cannot be sharded by FSDP",
+     {"method.kind": "qlora", "resources.strategy": "ddp"}),
+    ("qlora-with-zero-3", {"method.kind": "qlora", "resources.strategy": "deepspeed", "resources.zero_stage": 3},
+     "resources.zero_stage", "cannot be partitioned by ZeRO-3",
+     {"method.kind": "qlora", "resources.strategy": "deepspeed", "resources.zero_stage": 2}),
+    ("fp16-needs-gpu", {"training.precision": "fp16"},
+     "training.precision", "needs a GPU",
+     {"training.precision": "fp16", "resources.gpus_per_worker": 1}),
+    ("max-steps-and-epochs", {"training.max_steps": 10, "training.epochs": 1},
+     "training.epochs", "not both",
+     {"training.epochs": 1.5}),
+    ("warmup-as-long-as-max-steps", {"training.max_steps": 10, "training.warmup_steps": 10},
+     "training.warmup_steps", "shorter than training.max_steps",
+     {"training.max_steps": 10, "training.warmup_steps": 9}),
+    ("warmup-longer-than-max-steps", {"training.max_steps": 10, "training.warmup_steps": 50},
+     "training.warmup_steps", "warmup (50 steps)",
+     {"training.warmup_steps": 50}),
+    ("eval-every-steps-needs-eval-data", {"training.eval_every_steps": 5},
+     "training.eval_every_steps", "needs evaluation data",
+     {"training.eval_every_steps": 5, "data.eval": {"path": "eval.jsonl"}}),
+    ("forgetting-task-names-unique", {"forgetting.tasks": [TASK, {**TASK, "path": "other.jsonl"}]},
+     "forgetting.tasks.1.name", "used twice",
+     {"forgetting.tasks": [TASK, {**TASK, "name": "sorting-2"}]}),
+    ("accuracy-needs-classification-rows", {"forgetting.tasks": [{**TASK, "metric": "accuracy"}]},
+     "forgetting.tasks.0.metric", "accuracy is measured on classification rows",
+     {"forgetting.tasks": [{**TASK, "metric": "loss"}]}),
+    ("exact-match-needs-an-answer", {"forgetting.tasks": [{**TASK, "format": "text"}]},
+     "forgetting.tasks.0.metric", "exact_match needs an expected answer",
+     {"forgetting.tasks": [{**TASK, "format": "text", "metric": "perplexity"}]}),
+    ("classification-task-measured-by-accuracy",
+     {**CLASSIFY, "forgetting.tasks": [{**TASK, "format": "classification", "metric": "loss"}]},
+     "forgetting.tasks.0.metric", "measured by accuracy",
+     {**CLASSIFY, "forgetting.tasks": [{**TASK, "format": "classification", "metric": "accuracy"}]}),
+    ("classification-task-needs-head", {"forgetting.tasks": [{**TASK, "format": "classification", "metric": "accuracy"}]},
+     "forgetting.tasks.0.format", "needs a classification head",
+     {"forgetting.tasks": [{**TASK, "format": "chat"}]}),
+    ("gate-without-tasks", {"forgetting.max_drop": 0.1},
+     "forgetting.tasks", "at least one source task",
+     {"forgetting.max_drop": 0.1, "forgetting.tasks": [TASK]}),
+    ("cadence-without-tasks", {"forgetting.every_steps": 10},
+     "forgetting.tasks", "at least one source task",
+     {"forgetting.every_steps": 10, "forgetting.tasks": [TASK]}),
+    ("action-without-gate", {"forgetting.action": "stop", "forgetting.tasks": [TASK]},
+     "forgetting.action", "never fires without a gate",
+     {"forgetting.action": "stop", "forgetting.tasks": [{**TASK, "max_drop": 0.2}]}),
+    ("rollback-needs-checkpoints",
+     {"forgetting.action": "rollback", "forgetting.max_drop": 0.1, "forgetting.every_steps": 10, "forgetting.tasks": [TASK]},
+     "forgetting.action", "needs intermediate checkpoints",
+     {"forgetting.action": "rollback", "forgetting.max_drop": 0.1, "forgetting.every_steps": 10,
+      "forgetting.tasks": [TASK], "checkpoint.every_steps": 10}),
+    ("rollback-needs-forgetting-every-steps",
+     {"forgetting.action": "rollback", "forgetting.max_drop": 0.1, "forgetting.tasks": [TASK], "checkpoint.every_steps": 10},
+     "forgetting.every_steps", "evaluations during training",
+     {"forgetting.action": "rollback", "forgetting.max_drop": 0.1, "forgetting.every_steps": 20,
+      "forgetting.tasks": [TASK], "checkpoint.every_steps": 10}),
+    ("merge-with-full", {"method.kind": "full", "merge.enabled": True},
+     "merge.enabled", "no adapter to merge",
+     {"method.kind": "lora", "merge.enabled": True}),
+    ("merge-with-freeze", {"method.kind": "freeze", "merge.enabled": True, "method.lora": None},
+     "merge.enabled", "no adapter to merge",
+     {"method.kind": "qlora", "merge.enabled": True}),
+    ("merge-with-head", {**CLASSIFY, "merge.enabled": True},
+     "merge.enabled", "no adapter to merge",
+     {**CLASSIFY, "merge.enabled": False}),
+    ("empty-resume", {"checkpoint.resume": ""},
+     "checkpoint.resume", "empty value",
+     {"checkpoint.resume": "never"}),
+    ("blank-resume", {"checkpoint.resume": "   "},
+     "checkpoint.resume", "empty value",
+     {"checkpoint.resume": "/checkpoints/step-00000100"}),
+]
+
+
+@pytest.mark.parametrize("bad, path, words, fixed", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rule_refuses_the_combination_and_accepts_the_fix(bad, path, words, fixed):
+    problems = rule_problems(bad)
+    found = [p for p in problems if p.path == path]
+    assert found, f"no problem at {path}; got {[str(p) for p in problems]}"
+    assert any(words in p.message for p in found), [str(p) for p in found]
+    assert rule_problems(fixed) == []
+
+
+def test_every_rule_has_a_failing_case():
+    fired = set()
+    for _, bad, *_ in CASES:
+        spec = JobSpec.model_validate(job(**bad))
+        fired |= {rule.__name__ for rule in rules.RULES if rule(spec)}
+    untested = {rule.__name__ for rule in rules.RULES} - fired - {"available_in_this_version"}
+    assert untested == set()
+
+
+def test_problems_carry_a_hint_that_says_what_to_do():
+    for _, bad, path, _, _ in CASES:
+        for p in rule_problems(bad):
+            if p.path == path and p.path != "training.warmup_steps":
+                assert p.hint, str(p)
+
+
+def test_several_rule_problems_are_reported_together():
+    problems = rule_problems({
+        "method.kind": "full", "method.lora": {}, "merge.enabled": True,
+        "resources.zero_stage": 3, "training.precision": "fp16",
+        "training.max_steps": 5, "training.epochs": 1, "training.warmup_steps": 5,
+        "checkpoint.resume": "",
+    })
+    assert {p.path for p in problems} == {"method.lora", "merge.enabled", "resources.zero_stage", "training.precision",
+                                          "training.epochs", "training.warmup_steps", "checkpoint.resume"}
+
+
+def test_quickstart_breaks_no_rule():
+    assert rules.cross_field_problems(JobSpec.model_validate(read_job_file(QUICKSTART))) == []
+
+
+# ------------------------------------------------- features this version cannot run yet
+
+
+@pytest.mark.skipif(not hasattr(rules, "available_in_this_version"), reason="every feature is available")
+@pytest.mark.parametrize("overrides", [
+    ["method.kind=qlora"],
+    ["method.kind=head", "method.lora=null", "data.train.format=classification", "data.eval.format=classification",
+     "forgetting.tasks=[]"],
+    ["resources.strategy=fsdp"],
+    ["resources.strategy=deepspeed"],
+    ["merge.enabled=true"],
+    ["forgetting.max_drop=0.1"],
+    ["forgetting.tasks.0.max_drop=0.1", "forgetting.action=stop"],
+    ["tracking.tensorboard=true"],
+    ["tracking.mlflow=true"],
+], ids=lambda o: " ".join(o))
+def test_unavailable_feature_is_refused_with_a_way_out(overrides):
+    try:
+        load_spec(QUICKSTART, overrides)
+    except SpecError as err:
+        for p in err.problems:
+            assert NOT_YET in p.message and p.hint, str(p)
+
+
+@pytest.mark.parametrize("settings", [
+    {"method.kind": "full"},
+    {"method.kind": "lora"},
+    {"method.kind": "freeze"},
+    {"forgetting.tasks": [TASK], "forgetting.every_steps": 5},
+])
+def test_core_features_are_available(settings):
+    resolve_spec(job(**settings), check_files=False)
