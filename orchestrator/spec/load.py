@@ -34,7 +34,9 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SpecError([Problem("", f"job file '{p}' does not exist", "check the path")])
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = _parse_yaml(p.read_text(encoding="utf-8"))
+    except _JobFileShape as err:
+        raise SpecError([Problem("", f"'{p}' {err}")]) from None
     except UnicodeDecodeError:
         raise SpecError([Problem("", f"job file '{p}' is not UTF-8 text")]) from None
     except yaml.YAMLError as err:
@@ -48,6 +50,59 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
         raise SpecError([Problem("", f"'{p}' must contain a mapping of sections (name, model, data, ...), "
                                      f"not a {type(data).__name__}")])
     return data
+
+
+MAX_EXPANDED_NODES = 100_000
+
+
+class _JobFileShape(Exception):
+    """The YAML parses but is not a plausible job file (duplicate keys, alias bombs, cycles)."""
+
+
+class _JobFileLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise _JobFileShape(f"has the key '{key}' twice (lines {seen[key] + 1} and "
+                                    f"{key_node.start_mark.line + 1}); keep one")
+            if isinstance(key, typing.Hashable):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    node = yaml.compose(text, Loader=_JobFileLoader)
+    if node is None:
+        return None
+    _expanded_size(node, {}, set())
+    loader = _JobFileLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, memo: dict[int, int], visiting: set[int]) -> int:
+    """Node count with YAML aliases expanded; refuses cycles and sizes no job file has."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in visiting:
+        raise _JobFileShape("contains an alias that refers to itself; YAML anchors must not form a cycle")
+    visiting.add(key)
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo, visiting) + _expanded_size(v, memo, visiting) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(v, memo, visiting) for v in node.value)
+    visiting.discard(key)
+    if size > MAX_EXPANDED_NODES:
+        raise _JobFileShape(f"expands to more than {MAX_EXPANDED_NODES:,} values (YAML aliases); "
+                            "a job file is far smaller: check its anchors")
+    memo[key] = size
+    return size
 
 
 def resolve_spec(raw: dict[str, Any], overrides: Iterable[str] = (), check_files: bool = True) -> JobSpec:
@@ -172,18 +227,21 @@ def _deep_copy(value: Any) -> Any:
 
 
 def pydantic_problems(err: ValidationError) -> list[Problem]:
-    merged: dict[str, Problem] = {}
+    by_path: dict[str, list[Problem]] = {}
     for e in err.errors(include_url=False):
         loc = [str(x) for x in e["loc"] if not _TYPE_TAG.match(str(x))]
         path = ".".join(loc)
         problem = _problem_for(e, loc, path)
-        if path in merged and merged[path].message != problem.message:
-            # A union field failed every alternative: keep one readable sentence.
-            if e["type"] == "literal_error" or merged[path].hint is None:
-                merged[path] = problem
-            continue
-        merged.setdefault(path, problem)
-    return list(merged.values())
+        if problem not in by_path.setdefault(path, []):
+            by_path[path].append(problem)
+    merged = []
+    for path, found in by_path.items():
+        if len(found) == 1:
+            merged.append(found[0])
+        else:  # a union field failed every alternative: say what each form wanted
+            hint = next((p.hint for p in found if p.hint), None)
+            merged.append(Problem(path, "fits none of the allowed forms: " + "; or ".join(p.message for p in found), hint))
+    return merged
 
 
 def _problem_for(e: dict[str, Any], loc: list[str], path: str) -> Problem:

@@ -100,7 +100,8 @@ def steps_or_epochs(spec: JobSpec) -> list[Problem]:
                                 "remove one of them"))
     if t.max_steps is not None and t.warmup_steps >= t.max_steps:
         problems.append(Problem("training.warmup_steps",
-                                f"warmup ({t.warmup_steps} steps) must be shorter than training.max_steps ({t.max_steps})"))
+                                f"warmup ({t.warmup_steps} steps) must be shorter than training.max_steps ({t.max_steps})",
+                                "lower training.warmup_steps or raise training.max_steps"))
     if t.eval_every_steps is not None and spec.data.eval is None:
         problems.append(Problem("training.eval_every_steps", "periodic evaluation needs evaluation data",
                                 "set data.eval or remove training.eval_every_steps"))

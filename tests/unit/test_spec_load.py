@@ -481,3 +481,20 @@ def test_hub_ids_are_accepted_without_the_network(minimal, monkeypatch):
 def test_check_files_false_skips_file_checks(minimal, tmp_path):
     minimal["data"]["train"]["path"] = str(tmp_path / "later.jsonl")
     assert resolve_spec(minimal, check_files=False).data.train.path.endswith("later.jsonl")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("name: a\nname: b\ndata: {train: {path: x.jsonl}}\n", "has the key 'name' twice"),
+    ("a: &x [*x]\n", "refers to itself"),
+    ("a: &a [" + ",".join(["x"] * 20) + "]\n"
+     + "".join(f"{n}: &{n} [" + ",".join([f"*{p}"] * 20) + "]\n" for p, n in zip("abcd", "bcde")),
+     "expands to more than"),
+])
+def test_hostile_yaml_is_refused_with_a_sentence(tmp_path, text, expected):
+    from orchestrator.spec import SpecError, load_spec
+
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_spec(job)
+    assert expected in str(err.value)
