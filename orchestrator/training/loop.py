@@ -63,7 +63,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * plan.steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, t.warmup_steps, total_steps, t.lr_schedule))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler stays outside `prepare`: Accelerate would step it once per process per
+    # call, running the schedule `world` times too fast.
+    model, optimizer = accelerator.prepare(model, optimizer)
     tokenizer = load_tokenizer(config["model_dir"], spec.model)
     pad_id = int(tokenizer.pad_token_id)
 
@@ -103,6 +105,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 # DDP averages gradients over ranks, hence the world factor.
                 accelerator.backward(token_loss * world / max(global_tokens, 1))
             loss_sum += float(token_loss.detach())
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         grad_norm = None
         if t.max_grad_norm is not None:
             grad_norm = float(accelerator.clip_grad_norm_(trainable, t.max_grad_norm))
@@ -112,13 +115,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         state["step"] += 1
         state["samples"] += plan.global_batch
-        state["tokens"] += _all_reduce_sum(sum(int(b["attention_mask"].sum()) for b in batches), accelerator.device)
+        state["tokens"] += int(_all_reduce_sum(sum(int(b["attention_mask"].sum()) for b in batches), accelerator.device))
         step_loss = _all_reduce_sum(loss_sum, accelerator.device) / max(global_tokens, 1)
         elapsed = time.perf_counter() - started
         state["train_seconds"] = elapsed
         record: dict[str, Any] = {}
         if state["step"] % t.log_every_steps == 0 or state["step"] == total_steps:
-            record.update(step=state["step"], epoch=epoch, loss=step_loss, lr=scheduler.get_last_lr()[0],
+            record.update(step=state["step"], epoch=epoch, loss=step_loss, lr=lr,
                           tokens=state["tokens"], samples=state["samples"], elapsed_s=round(elapsed, 3),
                           tokens_per_s=round(state["tokens"] / max(elapsed, 1e-9), 1))
             if grad_norm is not None:

@@ -64,10 +64,15 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
 
 def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any]:
     """Everything the workers need, as plain values: model dir, data caches, eval rows."""
+    import datasets
+    import transformers
+
     from orchestrator.data.errors import DataError
     from orchestrator.data.pipeline import prepare_dataset
     from orchestrator.models.build import ModelError, load_tokenizer, resolve_model_dir
 
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     try:
         with console.status(f"resolving model {spec.model.path}") as status:
             model_dir = resolve_model_dir(spec.model, progress=lambda m: status.update(f"building {spec.model.path}: {m}"))
