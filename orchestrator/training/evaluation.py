@@ -14,6 +14,14 @@ from orchestrator.forgetting.exact_match import greedy_exact_match
 IGNORE = -100
 
 
+def packed_or_padded_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Model inputs for a batch. Packed rows carry position_ids that restart per example;
+    transformers keeps attention inside each example only when no attention_mask is given."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
 def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int) -> float:
     """Mean token loss over `dataset`; each rank takes every world-th example."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -26,9 +34,7 @@ def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int) -> 
         for i in range(0, len(indices), batch_size):
             batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            if "position_ids" in batch:
-                kwargs["position_ids"] = batch["position_ids"]
+            kwargs = packed_or_padded_inputs(batch)
             logits = unwrapped(**kwargs).logits[:, :-1, :].float()
             labels = batch["labels"][:, 1:]
             loss_sum += float(torch.nn.functional.cross_entropy(

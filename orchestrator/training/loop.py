@@ -26,7 +26,7 @@ from orchestrator.data.pipeline import collate, load_prepared
 from orchestrator.data.sampling import BatchPlan
 from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
-from orchestrator.training.evaluation import evaluate_forgetting, evaluate_loss
+from orchestrator.training.evaluation import evaluate_forgetting, evaluate_loss, packed_or_padded_inputs
 from orchestrator.training.schedule import lr_lambda
 
 IGNORE = -100
@@ -162,9 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if "position_ids" in batch:
-        kwargs["position_ids"] = batch["position_ids"]
+    kwargs = packed_or_padded_inputs(batch)
     logits = model(**kwargs).logits[:, :-1, :].float()
     labels = batch["labels"][:, 1:]
     return torch.nn.functional.cross_entropy(

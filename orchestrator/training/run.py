@@ -122,7 +122,8 @@ def _forgetting_task(task, spec: JobSpec, tokenizer) -> dict[str, Any]:
                 break
         entry["rows"] = rows
     else:
-        entry["cache_dir"] = str(prepare_dataset(source, spec.data, tokenizer).cache_dir)
+        unpacked = spec.data.model_copy(update={"packing": False})  # one example per row for evaluation
+        entry["cache_dir"] = str(prepare_dataset(source, unpacked, tokenizer).cache_dir)
     return entry
 
 

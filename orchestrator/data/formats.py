@@ -1,0 +1,332 @@
+"""One row -> token ids and loss labels, for each `DataSourceSpec.format`.
+
+Labels follow the Hugging Face convention: ``labels[t]`` is the target the model predicts from
+the tokens before ``t`` (the model shifts internally); -100 means "no loss here".
+
+- text: ``bos + text + eos``; every token is a target.
+- instruction: ``bos + [system + SYSTEM_SEPARATOR] + prompt + response + eos``; loss on
+  ``response + eos`` only. Prompt and response are tokenised separately and the ids joined,
+  so the mask boundary is exact (no token straddles prompt and response).
+- chat: messages rendered by the tokenizer's chat template (`DEFAULT_CHAT_TEMPLATE` when it
+  has none); loss on assistant turns only. See `_assistant_char_spans` for how turns are found.
+- classification: ``bos + text`` and an integer ``label`` (no LM labels).
+
+User text is tokenised with ``split_special_tokens=True`` in the text, instruction and
+classification formats, so a literal ``</s>`` in the data stays text and cannot end an example
+early. In chat, special tokens come from the template itself, so they are parsed as specials.
+
+A row that cannot be used comes back as a `RowProblem` (the caller stops or skips);
+a problem with the tokenizer or template, which would hit every row, raises `DataError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+
+from orchestrator.data.errors import DataError
+
+if TYPE_CHECKING:
+    from orchestrator.spec.models import ColumnsSpec
+
+IGNORE_INDEX = -100
+SYSTEM_SEPARATOR = "\n\n"
+"""Joins the system column and the prompt in the instruction format."""
+
+DEFAULT_CHAT_TEMPLATE = (
+    # Used when a tokenizer has no chat template of its own. One role marker per turn, each
+    # turn on its own lines; assistant turns end with eos so the model learns where to stop.
+    # bos/eos are guarded because Jinja would print a missing token as the word "None".
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('chat role must be system, user or assistant, got ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}"
+    "{{ '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+class RowProblem(Exception):
+    """A row cannot be used; the message says what is wrong with it (without the row number)."""
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int] | None = None
+    """Per-token targets (text, instruction, chat); None for classification."""
+    label: int | None = None
+    """Class index (classification only)."""
+    truncated: bool = False
+    """True when the example was cut to max_seq_len."""
+
+
+Outcome = Example | RowProblem
+T = TypeVar("T")
+
+
+def encode_rows(
+    rows: Sequence[dict[str, Any]],
+    fmt: str,
+    columns: ColumnsSpec,
+    tokenizer: Any,
+    max_seq_len: int,
+) -> list[Outcome]:
+    """Encode `rows` in `fmt`; the result has one `Example` or `RowProblem` per row, in order."""
+    encoders: dict[str, Callable[..., list[Outcome]]] = {
+        "text": _encode_text,
+        "instruction": _encode_instruction,
+        "chat": _encode_chat,
+        "classification": _encode_classification,
+    }
+    if fmt not in encoders:
+        raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(encoders)}")
+    return encoders[fmt](rows, columns, tokenizer, max_seq_len)
+
+
+# ------------------------------------------------------------------------ row checks
+
+
+def _column(row: dict[str, Any], name: str) -> Any:
+    if name not in row:
+        raise RowProblem(f"missing column {name!r} (columns: {', '.join(map(str, row))})")
+    return row[name]
+
+
+def _kind(value: Any) -> str:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{type(value).__name__} {shown}"
+
+
+def _string(row: dict[str, Any], name: str) -> str:
+    value = _column(row, name)
+    if not isinstance(value, str):
+        raise RowProblem(f"column {name!r} must be a string, got {_kind(value)}")
+    if not value.strip():
+        raise RowProblem(f"column {name!r} is empty")
+    return value
+
+
+def _optional_string(row: dict[str, Any], name: str | None) -> str | None:
+    if name is None:
+        return None
+    value = _column(row, name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RowProblem(f"column {name!r} must be a string, got {_kind(value)}")
+    return value
+
+
+def _class_label(row: dict[str, Any], name: str) -> int:
+    value = _column(row, name)
+    # CSV cells are strings, so a string of digits is accepted as the integer it spells.
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RowProblem(f"column {name!r} must be an integer class >= 0, got {_kind(value)}")
+    return value
+
+
+def _messages(row: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    value = _column(row, name)
+    shape = f"column {name!r} must be a list of {{role, content}} objects"
+    if not isinstance(value, list) or not value:
+        raise RowProblem(f"{shape}, got {_kind(value)}")
+    for position, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            raise RowProblem(f"{shape}; message {position} is {_kind(message)}")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = "missing" if key not in message else _kind(message[key])
+                raise RowProblem(f"{shape}; message {position} {key!r} must be a string, got {got}")
+    if not any(message["role"] == "assistant" for message in value):
+        raise RowProblem(f"column {name!r} has no assistant message, so there is nothing to learn")
+    return value
+
+
+def _extract(rows: Sequence[dict[str, Any]], read: Callable[[dict[str, Any]], T]) -> list[T | RowProblem]:
+    outcomes: list[T | RowProblem] = []
+    for row in rows:
+        try:
+            outcomes.append(read(row))
+        except RowProblem as problem:
+            outcomes.append(problem)
+    return outcomes
+
+
+# ------------------------------------------------------------------------ tokenising
+
+
+def _token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no specials added; one batched call (fast tokenizers run it in Rust)."""
+    if not texts:
+        return []
+    encoded = tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def _special(tokenizer: Any, attribute: str) -> list[int]:
+    token_id = getattr(tokenizer, attribute, None)
+    return [] if token_id is None else [int(token_id)]
+
+
+def _truncate(example: Example, max_seq_len: int) -> Example:
+    if len(example.input_ids) <= max_seq_len:
+        return example
+    labels = None if example.labels is None else example.labels[:max_seq_len]
+    return Example(example.input_ids[:max_seq_len], labels, example.label, truncated=True)
+
+
+def _has_target(example: Example) -> bool:
+    return example.labels is not None and any(t != IGNORE_INDEX for t in example.labels)
+
+
+# -------------------------------------------------------------------------- formats
+
+
+def _encode_text(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    texts = _extract(rows, lambda row: _string(row, columns.text))
+    ids = iter(_token_ids(tokenizer, [t for t in texts if isinstance(t, str)]))
+    bos, eos = _special(tokenizer, "bos_token_id"), _special(tokenizer, "eos_token_id")
+    outcomes: list[Outcome] = []
+    for text in texts:
+        if isinstance(text, RowProblem):
+            outcomes.append(text)
+            continue
+        tokens = bos + next(ids) + eos
+        outcomes.append(_truncate(Example(tokens, list(tokens)), max_seq_len))
+    return outcomes
+
+
+def _encode_instruction(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    eos = _special(tokenizer, "eos_token_id")
+    if not eos:
+        raise DataError("the tokenizer has no eos token, so a model could not learn where a "
+                        "response ends; use a tokenizer with an eos token for instruction data")
+    bos = _special(tokenizer, "bos_token_id")
+
+    def read(row: dict[str, Any]) -> tuple[str, str]:
+        prompt = _string(row, columns.prompt)
+        response = _string(row, columns.response)
+        system = _optional_string(row, columns.system)
+        return (prompt if system is None else system + SYSTEM_SEPARATOR + prompt), response
+
+    pairs = _extract(rows, read)
+    valid = [p for p in pairs if not isinstance(p, RowProblem)]
+    prompt_ids = iter(_token_ids(tokenizer, [prompt for prompt, _ in valid]))
+    response_ids = iter(_token_ids(tokenizer, [response for _, response in valid]))
+    outcomes: list[Outcome] = []
+    for pair in pairs:
+        if isinstance(pair, RowProblem):
+            outcomes.append(pair)
+            continue
+        context, answer = bos + next(prompt_ids), next(response_ids) + eos
+        example = _truncate(
+            Example(context + answer, [IGNORE_INDEX] * len(context) + answer), max_seq_len)
+        if not _has_target(example):
+            outcomes.append(RowProblem(
+                f"the response is cut off entirely: bos + prompt take {len(context)} tokens of "
+                f"max_seq_len={max_seq_len}; raise data.max_seq_len or shorten the prompt"))
+        else:
+            outcomes.append(example)
+    return outcomes
+
+
+def _encode_classification(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    def read(row: dict[str, Any]) -> tuple[str, int]:
+        return _string(row, columns.text), _class_label(row, columns.label)
+
+    pairs = _extract(rows, read)
+    ids = iter(_token_ids(tokenizer, [p[0] for p in pairs if not isinstance(p, RowProblem)]))
+    bos = _special(tokenizer, "bos_token_id")
+    outcomes: list[Outcome] = []
+    for pair in pairs:
+        if isinstance(pair, RowProblem):
+            outcomes.append(pair)
+            continue
+        outcomes.append(_truncate(Example(bos + next(ids), label=pair[1]), max_seq_len))
+    return outcomes
+
+
+# ------------------------------------------------------------------------------ chat
+
+
+def chat_template_of(tokenizer: Any) -> str:
+    """The template chat rows are rendered with: the tokenizer's own, else the default."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the "default" one renders chats
+        template = template.get("default")
+    return template or DEFAULT_CHAT_TEMPLATE
+
+
+def _render(tokenizer: Any, template: str, messages: list[dict[str, Any]], generation: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation)
+    except Exception as exc:  # Jinja raises many types; to the user it is one problem
+        raise RowProblem(f"the chat template rejected the messages: {exc}") from exc
+
+
+def _assistant_char_spans(tokenizer: Any, template: str, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation and find the character range of each assistant turn.
+
+    Templates are opaque Jinja, so turns are found by rendering prefixes: the assistant turn
+    ``i`` starts where ``messages[:i]`` rendered with the generation prompt ends (so the
+    "assistant:" header stays unmasked context) and ends where ``messages[:i+1]`` rendered
+    ends (so it includes the template's end-of-turn tokens, e.g. eos, which the model must
+    learn to emit). Both renders must be prefixes of the full render; a template that
+    rewrites earlier turns (some drop past reasoning) cannot be masked this way.
+    """
+    full = _render(tokenizer, template, messages, generation=False)
+    spans: list[tuple[int, int]] = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, template, messages[:index], generation=True)
+        through = _render(tokenizer, template, messages[: index + 1], generation=False)
+        if not (full.startswith(before) and full.startswith(through)):
+            raise DataError(
+                "the chat template renders a conversation differently from its own prefixes, "
+                "so assistant turns cannot be located for loss masking; use a tokenizer whose "
+                "chat template renders turns incrementally, or convert the data to instruction "
+                "format")
+        spans.append((len(before), len(through)))
+    return full, spans
+
+
+def _encode_chat(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("chat data needs a fast (Rust-backed) tokenizer to map assistant turns "
+                        "to tokens; load the tokenizer with use_fast=True")
+    template = chat_template_of(tokenizer)
+    outcomes: list[Outcome] = []
+    for row in rows:
+        try:
+            messages = _messages(row, columns.messages)
+            text, spans = _assistant_char_spans(tokenizer, template, messages)
+        except RowProblem as problem:
+            outcomes.append(problem)
+            continue
+        # The template already wrote bos and the other specials as text: parse them as specials.
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                            verbose=False)
+        ids = list(encoded["input_ids"])
+        # A token belongs to the turn its first character belongs to.
+        labels = [
+            token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+            for token, (begin, _) in zip(ids, encoded["offset_mapping"])
+        ]
+        example = _truncate(Example(ids, labels), max_seq_len)
+        if not _has_target(example):
+            outcomes.append(RowProblem(
+                f"every assistant turn is cut off by truncation at max_seq_len={max_seq_len}; "
+                "raise data.max_seq_len or shorten the conversation"))
+        else:
+            outcomes.append(example)
+    return outcomes
