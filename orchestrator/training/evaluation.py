@@ -14,12 +14,24 @@ from orchestrator.forgetting.exact_match import greedy_exact_match
 IGNORE = -100
 
 
-def packed_or_padded_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Model inputs for a batch. Packed rows carry position_ids that restart per example;
-    transformers keeps attention inside each example only when no attention_mask is given."""
-    if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+def packed_or_padded_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Model inputs for a batch. Packed rows (position_ids restarting at each example) get a
+    block-diagonal causal mask, so no example attends to the one before it in its row:
+    transformers' sdpa and eager kernels ignore position_id restarts on their own."""
+    if "position_ids" not in batch:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+            "attention_mask": block_causal_mask(batch["position_ids"], dtype)}
+
+
+def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, 1, L, L) additive mask: 0 where a token may attend, dtype-min elsewhere."""
+    segment = torch.cumsum((position_ids == 0).long(), dim=1)
+    length = position_ids.size(1)
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=position_ids.device))
+    allowed = (segment[:, :, None] == segment[:, None, :]) & causal
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int) -> float:
@@ -34,7 +46,7 @@ def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int) -> 
         for i in range(0, len(indices), batch_size):
             batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            kwargs = packed_or_padded_inputs(batch)
+            kwargs = packed_or_padded_inputs(batch, next(unwrapped.parameters()).dtype)
             logits = unwrapped(**kwargs).logits[:, :-1, :].float()
             labels = batch["labels"][:, 1:]
             loss_sum += float(torch.nn.functional.cross_entropy(

@@ -162,7 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    kwargs = packed_or_padded_inputs(batch)
+    kwargs = packed_or_padded_inputs(batch, next(model.parameters()).dtype)
     logits = model(**kwargs).logits[:, :-1, :].float()
     labels = batch["labels"][:, 1:]
     return torch.nn.functional.cross_entropy(
