@@ -41,6 +41,21 @@ def resolve_model_dir(model: ModelSpec, progress=None) -> str:
     return loc.value
 
 
+def check_method_fits_model(spec: JobSpec, model_dir: str) -> None:
+    """Checks that need the model's config, done on the driver before any worker starts."""
+    from transformers import AutoConfig
+
+    if spec.method.kind != "freeze":
+        return
+    config = AutoConfig.from_pretrained(model_dir, revision=spec.model.revision,
+                                        trust_remote_code=spec.model.trust_remote_code)
+    layers = getattr(config, "num_hidden_layers", None)
+    wanted = spec.method.freeze.trainable_layers
+    if layers is not None and wanted > layers:
+        raise ModelError(f"method.freeze.trainable_layers={wanted} but the model has only {layers} blocks; "
+                         f"use at most {layers}")
+
+
 def load_tokenizer(model_dir: str, model: ModelSpec):
     from transformers import AutoTokenizer
 

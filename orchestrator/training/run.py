@@ -69,7 +69,7 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
 
     from orchestrator.data.errors import DataError
     from orchestrator.data.pipeline import prepare_dataset
-    from orchestrator.models.build import ModelError, load_tokenizer, resolve_model_dir
+    from orchestrator.models.build import ModelError, check_method_fits_model, load_tokenizer, resolve_model_dir
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -77,6 +77,7 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
         with console.status(f"resolving model {spec.model.path}") as status:
             model_dir = resolve_model_dir(spec.model, progress=lambda m: status.update(f"building {spec.model.path}: {m}"))
             tokenizer = load_tokenizer(model_dir, spec.model)
+            check_method_fits_model(spec, model_dir)
         with console.status("preparing data"):
             train = prepare_dataset(spec.data.train, spec.data, tokenizer)
             evaluation = prepare_dataset(spec.data.eval, spec.data, tokenizer) if spec.data.eval else None
@@ -206,11 +207,19 @@ def _follow_progress(thread: threading.Thread, run_dir: Path, spec: JobSpec, con
 
 
 def _failure_cause(exc: Exception) -> str:
-    text = str(exc)
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    # Ray wraps the worker's exception; its last lines name the real cause.
-    tail = [ln for ln in lines if not ln.startswith(" ")][-3:]
-    return " | ".join(tail) if tail else exc.__class__.__name__
+    """The workers' own error, not Ray's wrapping of it."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    if failures:
+        rank, err = sorted(failures.items())[0]
+        cause = getattr(err, "cause", None) or err  # a RayTaskError carries the user's exception
+        text = str(cause).strip().splitlines()
+        last = text[-1] if text else ""
+        ranks = ",".join(str(r) for r in sorted(failures))
+        return f"rank {ranks}: {type(cause).__name__}: {last}"
+    controller = getattr(exc, "controller_failure", None)
+    if controller is not None:
+        return f"Ray Train controller: {type(controller).__name__}: {controller}"
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
 
 
 # ----------------------------------------------------------------------------- finish

@@ -1,0 +1,1 @@
+"""Source-task evaluation of catastrophic forgetting: exact match, baselines, deltas, gates, reports."""

@@ -1,0 +1,70 @@
+"""Greedy exact match of a causal LM on prompt/response rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    # Encode without the tokenizer's own specials and put bos in front ourselves: that is how
+    # the tiny base model was trained, and it behaves the same for tokenizers without a bos.
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids
+
+
+def greedy_exact_match(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict],
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+) -> float:
+    """Fraction of ``rows`` whose greedy continuation of ``bos + prompt`` equals ``response``.
+
+    Both sides are compared after ``strip()``; decoding stops at eos. Works for any causal LM
+    whose tokenizer has an eos token (eos doubles as pad when the tokenizer has none).
+    """
+    import torch
+
+    if not rows:
+        raise ValueError("greedy_exact_match needs at least one row; pass a non-empty eval set")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; set tokenizer.eos_token before evaluating")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    device = next(model.parameters()).device
+
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                prompts = [_prompt_ids(tokenizer, row["prompt"]) for row in batch]
+                width = max(len(ids) for ids in prompts)
+                # Left padding keeps every prompt's last token in the last column, so new
+                # tokens line up across the batch.
+                input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])
+                attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                )
+                for row, generated in zip(batch, output[:, width:].tolist()):
+                    if eos in generated:
+                        generated = generated[: generated.index(eos)]
+                    text = tokenizer.decode(generated, skip_special_tokens=True)
+                    correct += int(text.strip() == str(row["response"]).strip())
+    finally:
+        if was_training:
+            model.train()
+    return correct / len(rows)

@@ -1,0 +1,282 @@
+"""Build and cache the built-in base model ``builtin:tiny-base``.
+
+A small Llama-shaped model is pre-trained from scratch on the generated SOURCE tasks
+(see ``tasks.py``) so that it really knows them; fine-tuning it on the TARGET task then shows
+real catastrophic forgetting. The build is deterministic, runs on CPU in about a minute or
+two, and is cached under ``$FTCTL_HOME/models/tiny-base-v<RECIPE_VERSION>``.
+
+Training example format: ``<s> prompt response </s>`` (one token per byte), loss on the
+response and ``</s>`` only. ``greedy_exact_match`` prompts with ``<s> prompt`` to match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from orchestrator.models.tiny import tasks
+
+TINY_BASE_ID = "builtin:tiny-base"
+# Bump whenever anything below changes what gets built: it names the cache directory.
+RECIPE_VERSION = 1
+REPORT_FILE = "build_report.json"
+MIN_SOURCE_EXACT_MATCH = 0.8
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the built model (part of the cache key via RECIPE_VERSION)."""
+
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 512
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    pool_per_task: int = 8000
+    """Distinct training prompts per source task; held-out sets exclude all of them."""
+    task_weights: dict = field(default_factory=lambda: {"arithmetic": 2.0})
+    """Relative share of batches per source task (default 1.0); arithmetic learns slowest."""
+    eval_per_task: int = 200
+    seed: int = 0
+
+
+RECIPE = Recipe()
+# Seeds for held-out rows; training pools use RECIPE.seed, and `exclude` keeps them disjoint.
+BUILD_EVAL_SEED = 1_000
+
+
+def ftctl_home() -> Path:
+    """Root of ftctl's local cache: ``$FTCTL_HOME`` or ``~/.cache/ftctl``."""
+    env = os.environ.get("FTCTL_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ftctl"
+
+
+def tiny_base_dir() -> Path:
+    """Where the tiny base model of the current recipe lives once built."""
+    return ftctl_home() / "models" / f"tiny-base-v{RECIPE_VERSION}"
+
+
+def pretraining_rows(task: str, recipe: Recipe = RECIPE) -> list[dict]:
+    """The training pool of one source task, exactly as the build uses it."""
+    return tasks.generate(task, recipe.pool_per_task, seed=recipe.seed)
+
+
+def heldout_rows(task: str, n: int, seed: int, recipe: Recipe = RECIPE) -> list[dict]:
+    """``n`` rows of ``task`` that the base model never trained on (any task, any seed)."""
+    exclude = {row["prompt"] for row in pretraining_rows(task, recipe)} if task in tasks.SOURCE_TASKS else None
+    return tasks.generate(task, n, seed=seed, exclude=exclude)
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / REPORT_FILE).is_file()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_tiny_base(progress: Progress | None = None) -> Path:
+    """Return the tiny base model directory, building it first if no complete build exists.
+
+    Safe to call from several processes at once: one builds under an exclusive file lock
+    into a temp dir and renames it into place; the others wait and then reuse it.
+    """
+    target = tiny_base_dir()
+    if _is_complete(target):
+        return target
+    say = progress or (lambda message: None)
+    with _exclusive_lock(target.with_name(target.name + ".lock")):
+        if _is_complete(target):
+            return target
+        say(f"building {TINY_BASE_ID} (recipe v{RECIPE_VERSION}) into {target}; this runs once")
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build_tiny_base(staging, progress=progress)
+            if target.exists():
+                # A directory without a report is a leftover from a crashed older layout.
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def build_tiny_base(out_dir: Path, progress: Progress | None = None, recipe: Recipe = RECIPE) -> dict:
+    """Pre-train the tiny base model into ``out_dir`` and return its build report.
+
+    Raises RuntimeError when a source task ends below 0.8 held-out exact match, which means
+    the recipe is broken, not the caller.
+    """
+    import torch
+
+    say = progress or (lambda message: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    started = time.perf_counter()
+    try:
+        model, tokenizer, params = _pretrain(recipe, say)
+        exact_match, target_exact_match = _evaluate(model, tokenizer, recipe, say)
+    finally:
+        torch.set_num_threads(previous_threads)
+    seconds = time.perf_counter() - started
+
+    failing = {task: value for task, value in exact_match.items() if value < MIN_SOURCE_EXACT_MATCH}
+    if failing:
+        raise RuntimeError(
+            f"the tiny base recipe v{RECIPE_VERSION} is broken: held-out exact match {failing} is "
+            f"below {MIN_SOURCE_EXACT_MATCH}; fix the recipe in orchestrator/models/tiny/build.py "
+            "(more steps or a larger model) and bump RECIPE_VERSION"
+        )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    report = {
+        "model_id": TINY_BASE_ID,
+        "recipe_version": RECIPE_VERSION,
+        "recipe": asdict(recipe),
+        "seconds": round(seconds, 2),
+        "steps": recipe.steps,
+        "params": params,
+        "exact_match": exact_match,
+        "target_task": tasks.TARGET_TASK,
+        "target_exact_match": target_exact_match,
+    }
+    # Written last: its presence is what marks the build as complete.
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    say(f"built {TINY_BASE_ID} in {seconds:.0f}s: exact match {exact_match}, target {target_exact_match}")
+    return report
+
+
+def _encode_pool(tokenizer, rows: list[dict]):
+    """Stack rows as ``<s> prompt response </s>`` ids, labels (-100 on ``<s> prompt``) and lengths."""
+    import torch
+
+    prompts = tokenizer([row["prompt"] for row in rows], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([row["response"] for row in rows], add_special_tokens=False)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    lengths = [len(p) + len(r) + 2 for p, r in zip(prompts, responses)]
+    width = max(lengths)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        input_ids[i, : lengths[i]] = torch.tensor([bos, *prompt, *response, eos])
+        labels[i, 1 + len(prompt) : lengths[i]] = torch.tensor([*response, eos])
+    return input_ids, labels, torch.tensor(lengths)
+
+
+def _pretrain(recipe: Recipe, say: Progress):
+    import math
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from orchestrator.models.tiny.tokenizer import build_tokenizer
+
+    torch.manual_seed(recipe.seed)
+    tokenizer = build_tokenizer()
+    # One pool per task: a batch comes from a single task, so it is only padded to that
+    # task's length (about a third less compute than mixed batches padded to the longest).
+    pools = [_encode_pool(tokenizer, pretraining_rows(task, recipe)) for task in tasks.SOURCE_TASKS]
+    weights = torch.tensor([recipe.task_weights.get(task, 1.0) for task in tasks.SOURCE_TASKS])
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        # At this size eager attention is about twice as fast as SDPA on CPU.
+        attn_implementation="eager",
+    )
+    model = LlamaForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    say(
+        f"pre-training a {params / 1e6:.2f}M-parameter model for {recipe.steps} steps "
+        f"on {recipe.pool_per_task} examples of each of {len(pools)} source tasks"
+    )
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_factor(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        done = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+        return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    sampler = torch.Generator().manual_seed(recipe.seed)
+    model.train()
+    running = 0.0
+    for step in range(recipe.steps):
+        task = int(torch.multinomial(weights, 1, generator=sampler))
+        input_ids, labels, lengths = pools[task]
+        index = torch.randint(len(lengths), (recipe.batch_size,), generator=sampler)
+        width = int(lengths[index].max())
+        batch_ids = input_ids[index, :width]
+        loss = model(
+            input_ids=batch_ids,
+            attention_mask=(batch_ids != tokenizer.pad_token_id).long(),
+            labels=labels[index, :width],
+        ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        running += loss.item()
+        if (step + 1) % 100 == 0 or step + 1 == recipe.steps:
+            count = step % 100 + 1
+            say(f"step {step + 1}/{recipe.steps} loss {running / count:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+            running = 0.0
+    model.eval()
+    return model, tokenizer, params
+
+
+def _evaluate(model, tokenizer, recipe: Recipe, say: Progress) -> tuple[dict[str, float], float]:
+    from orchestrator.forgetting.exact_match import greedy_exact_match
+
+    exact_match = {}
+    for task in tasks.SOURCE_TASKS:
+        rows = heldout_rows(task, recipe.eval_per_task, seed=BUILD_EVAL_SEED, recipe=recipe)
+        exact_match[task] = round(greedy_exact_match(model, tokenizer, rows), 4)
+        say(f"held-out exact match {task}: {exact_match[task]:.3f}")
+    target_rows = heldout_rows(tasks.TARGET_TASK, recipe.eval_per_task, seed=BUILD_EVAL_SEED, recipe=recipe)
+    target_exact_match = round(greedy_exact_match(model, tokenizer, target_rows), 4)
+    say(f"held-out exact match {tasks.TARGET_TASK} (target, expected low): {target_exact_match:.3f}")
+    return exact_match, target_exact_match

@@ -1,0 +1,133 @@
+"""Generated tasks for the built-in tiny base model (pure Python, deterministic).
+
+The base model is pre-trained on the SOURCE tasks, so it really knows them; fine-tuning on
+the TARGET task (which it does not know) can then be measured for forgetting of the sources.
+All tasks use short lowercase-letter / digit strings so they share one alphabet, which is
+what makes forgetting under fine-tuning plausible.
+
+Formats (prompt -> response):
+
+- ``arithmetic``: ``"47+85="`` -> ``"132"``, ``"07+15="`` -> ``"022"`` (two numbers 0-99)
+- ``reversal``:   ``"rev kwqfa="`` -> ``"afqwk"`` (3-6 lowercase letters)
+- ``sorting``:    ``"sort 93172="`` -> ``"12379"`` (3-6 digits)
+- ``kv_recall``:  ``"b=7 q=2 e=0 a=1 q?"`` -> ``"2"`` (4 distinct keys, digit values)
+- ``shift`` (target): ``"shift kwz="`` -> ``"lxa"`` (each letter moved one on, z wraps to a)
+- classification: ``{"text": "1379", "label": 1}`` (1 when the digits are sorted)
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import Callable
+
+SOURCE_TASKS: tuple[str, ...] = ("arithmetic", "reversal", "sorting", "kv_recall")
+TARGET_TASK: str = "shift"
+
+
+def _arithmetic(rng: random.Random) -> dict:
+    # Zero-padded to fixed width so digit positions line up, which a tiny model learns fast.
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return {"prompt": f"{a:02d}+{b:02d}=", "response": f"{a + b:03d}"}
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 6)))
+
+
+def _digits(rng: random.Random) -> str:
+    return "".join(rng.choices(string.digits, k=rng.randint(3, 6)))
+
+
+def _reversal(rng: random.Random) -> dict:
+    word = _word(rng)
+    return {"prompt": f"rev {word}=", "response": word[::-1]}
+
+
+def _sorting(rng: random.Random) -> dict:
+    digits = _digits(rng)
+    return {"prompt": f"sort {digits}=", "response": "".join(sorted(digits))}
+
+
+def _kv_recall(rng: random.Random) -> dict:
+    keys = rng.sample(string.ascii_lowercase, k=4)
+    values = [rng.choice(string.digits) for _ in keys]
+    query = rng.randrange(len(keys))
+    pairs = " ".join(f"{k}={v}" for k, v in zip(keys, values))
+    return {"prompt": f"{pairs} {keys[query]}?", "response": values[query]}
+
+
+def _shift(rng: random.Random) -> dict:
+    word = _word(rng)
+    shifted = "".join(chr((ord(c) - ord("a") + 1) % 26 + ord("a")) for c in word)
+    return {"prompt": f"shift {word}=", "response": shifted}
+
+
+_GENERATORS: dict[str, Callable[[random.Random], dict]] = {
+    "arithmetic": _arithmetic,
+    "reversal": _reversal,
+    "sorting": _sorting,
+    "kv_recall": _kv_recall,
+    TARGET_TASK: _shift,
+}
+
+ALL_TASKS: tuple[str, ...] = (*SOURCE_TASKS, TARGET_TASK)
+
+
+def _check_task(task: str) -> None:
+    if task not in _GENERATORS:
+        known = ", ".join(ALL_TASKS)
+        raise ValueError(f"unknown tiny-base task {task!r}; use one of: {known}")
+
+
+def generate(task: str, n: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
+    """Return ``n`` examples ``{"prompt", "response"}`` of ``task`` with distinct prompts.
+
+    Deterministic for a given ``(task, seed)``. Prompts in ``exclude`` are never returned,
+    which is how held-out evaluation sets are kept disjoint from training sets.
+    """
+    _check_task(task)
+    if n < 0:
+        raise ValueError(f"n must be zero or positive, got {n}")
+    make = _GENERATORS[task]
+    # A string seed is hashed with SHA-512 by `random`, so it is stable across processes.
+    rng = random.Random(f"{task}/{seed}")
+    banned = exclude or set()
+    seen: set[str] = set()
+    rows: list[dict] = []
+    attempts = 0
+    max_attempts = 50 * n + 1000
+    while len(rows) < n:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"could only make {len(rows)} distinct {task!r} prompts of the {n} asked for "
+                f"outside the {len(banned)} excluded ones; ask for fewer examples or exclude fewer"
+            )
+        row = make(rng)
+        if row["prompt"] in seen or row["prompt"] in banned:
+            continue
+        seen.add(row["prompt"])
+        rows.append(row)
+    return rows
+
+
+def generate_classification(n: int, seed: int) -> list[dict]:
+    """Return ``n`` rows ``{"text": digits, "label": 1 if sorted else 0}``, balanced 50/50."""
+    if n < 0:
+        raise ValueError(f"n must be zero or positive, got {n}")
+    rng = random.Random(f"classify/{seed}")
+    rows: list[dict] = []
+    for i in range(n):
+        want_sorted = i % 2 == 0
+        digits = _digits(rng)
+        if want_sorted:
+            text = "".join(sorted(digits))
+        else:
+            # Redraw until unsorted; 3+ random digits are unsorted most of the time.
+            while list(digits) == sorted(digits):
+                digits = _digits(rng)
+            text = digits
+        rows.append({"text": text, "label": int(want_sorted)})
+    rng.shuffle(rows)
+    return rows
