@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    # Encode without the tokenizer's own specials and put bos in front ourselves: that is how
-    # the tiny base model was trained, and it behaves the same for tokenizers without a bos.
-    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+def _prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    # Encoded like training data (orchestrator.data.formats): no tokenizer-added specials,
+    # special-looking text kept literal, then bos in front when the tokenizer has one.
+    encoded = tokenizer(prompts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
-    return ids
+    return [list(ids) if bos is None else [bos, *ids] for ids in encoded]
 
 
 def greedy_exact_match(
@@ -44,7 +42,7 @@ def greedy_exact_match(
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                prompts = [_prompt_ids(tokenizer, row["prompt"]) for row in batch]
+                prompts = _prompt_ids(tokenizer, [row["prompt"] for row in batch])
                 width = max(len(ids) for ids in prompts)
                 # Left padding keeps every prompt's last token in the last column, so new
                 # tokens line up across the batch.

@@ -10,7 +10,7 @@ Formats (prompt -> response):
 - ``arithmetic``: ``"47+85="`` -> ``"132"``, ``"07+15="`` -> ``"022"`` (two numbers 0-99)
 - ``reversal``:   ``"rev kwqfa="`` -> ``"afqwk"`` (3-6 lowercase letters)
 - ``sorting``:    ``"sort 93172="`` -> ``"12379"`` (3-6 digits)
-- ``kv_recall``:  ``"b=7 q=2 e=0 a=1 q?"`` -> ``"2"`` (4 distinct keys, digit values)
+- ``kv_recall``:  ``"a=7 b=2 c=0 d=1 ?c"`` -> ``"0"`` (keys a-d, random digit values)
 - ``shift`` (target): ``"shift kwz="`` -> ``"lxa"`` (each letter moved one on, z wraps to a)
 - classification: ``{"text": "1379", "label": 1}`` (1 when the digits are sorted)
 """
@@ -23,6 +23,7 @@ from typing import Callable
 
 SOURCE_TASKS: tuple[str, ...] = ("arithmetic", "reversal", "sorting", "kv_recall")
 TARGET_TASK: str = "shift"
+_KV_KEYS = "abcd"
 
 
 def _arithmetic(rng: random.Random) -> dict:
@@ -50,11 +51,13 @@ def _sorting(rng: random.Random) -> dict:
 
 
 def _kv_recall(rng: random.Random) -> dict:
-    keys = rng.sample(string.ascii_lowercase, k=4)
-    values = [rng.choice(string.digits) for _ in keys]
-    query = rng.randrange(len(keys))
-    pairs = " ".join(f"{k}={v}" for k, v in zip(keys, values))
-    return {"prompt": f"{pairs} {keys[query]}?", "response": values[query]}
+    # Keys come in a fixed order and the query key is the last token: recall by key name is
+    # then learnable in the build budget. Shuffled keys need an induction circuit, which a
+    # model this small only forms after far more steps than a one-minute build allows.
+    values = [rng.choice(string.digits) for _ in _KV_KEYS]
+    query = rng.randrange(len(_KV_KEYS))
+    pairs = " ".join(f"{k}={v}" for k, v in zip(_KV_KEYS, values))
+    return {"prompt": f"{pairs} ?{_KV_KEYS[query]}", "response": values[query]}
 
 
 def _shift(rng: random.Random) -> dict:
@@ -112,22 +115,31 @@ def generate(task: str, n: int, seed: int, exclude: set[str] | None = None) -> l
     return rows
 
 
-def generate_classification(n: int, seed: int) -> list[dict]:
-    """Return ``n`` rows ``{"text": digits, "label": 1 if sorted else 0}``, balanced 50/50."""
+def generate_classification(n: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
+    """Return ``n`` rows ``{"text": digits, "label": 1 if sorted else 0}``, balanced 50/50.
+
+    Texts are distinct and never in ``exclude``, so eval rows can be kept apart from training.
+    """
     if n < 0:
         raise ValueError(f"n must be zero or positive, got {n}")
     rng = random.Random(f"classify/{seed}")
+    banned = exclude or set()
+    seen: set[str] = set()
     rows: list[dict] = []
-    for i in range(n):
-        want_sorted = i % 2 == 0
+    attempts = 0
+    while len(rows) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(
+                f"could only make {len(rows)} distinct classification texts of the {n} asked for; "
+                "ask for fewer rows or exclude fewer"
+            )
+        want_sorted = len(rows) % 2 == 0
         digits = _digits(rng)
-        if want_sorted:
-            text = "".join(sorted(digits))
-        else:
-            # Redraw until unsorted; 3+ random digits are unsorted most of the time.
-            while list(digits) == sorted(digits):
-                digits = _digits(rng)
-            text = digits
+        text = "".join(sorted(digits)) if want_sorted else digits
+        if text in seen or text in banned or (not want_sorted and list(text) == sorted(text)):
+            continue
+        seen.add(text)
         rows.append({"text": text, "label": int(want_sorted)})
     rng.shuffle(rows)
     return rows

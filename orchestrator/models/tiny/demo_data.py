@@ -1,0 +1,58 @@
+"""Demo datasets for the tiny base model: a target task to fine-tune on, held-out source sets.
+
+Pure Python (no torch), deterministic: the same call always writes the same files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from orchestrator.models.tiny import tasks
+from orchestrator.models.tiny.build import heldout_rows
+
+# Distinct from the build's own seeds; held-out source rows also exclude its training pool.
+TRAIN_SEED = 2_000
+EVAL_SEED = 2_001
+SOURCE_EVAL_SEED = 2_002
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> dict[str, Path]:
+    """Write the demo JSONL files into ``out_dir`` and return ``{name: path}``.
+
+    - ``target_train`` / ``target_eval``: the target task as ``{"prompt", "response"}``
+    - ``source_<task>``: held-out rows of each source task the base model never trained on
+    - ``classify_train`` / ``classify_eval``: ``{"text", "label"}`` for the ``head`` method
+    - ``text_train``: the target training rows as plain ``{"text"}`` (prompt + response)
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    target_train = tasks.generate(tasks.TARGET_TASK, n_train, seed=TRAIN_SEED)
+    train_prompts = {row["prompt"] for row in target_train}
+    target_eval = tasks.generate(tasks.TARGET_TASK, n_eval, seed=EVAL_SEED, exclude=train_prompts)
+    written["target_train"] = _write_jsonl(out_dir / "target_train.jsonl", target_train)
+    written["target_eval"] = _write_jsonl(out_dir / "target_eval.jsonl", target_eval)
+
+    for task in tasks.SOURCE_TASKS:
+        rows = heldout_rows(task, n_eval, seed=SOURCE_EVAL_SEED)
+        written[f"source_{task}"] = _write_jsonl(out_dir / f"source_{task}.jsonl", rows)
+
+    classify_train = tasks.generate_classification(n_train, seed=TRAIN_SEED)
+    classify_eval = tasks.generate_classification(
+        n_eval, seed=EVAL_SEED, exclude={row["text"] for row in classify_train}
+    )
+    written["classify_train"] = _write_jsonl(out_dir / "classify_train.jsonl", classify_train)
+    written["classify_eval"] = _write_jsonl(out_dir / "classify_eval.jsonl", classify_eval)
+
+    text_rows = [{"text": row["prompt"] + row["response"]} for row in target_train]
+    written["text_train"] = _write_jsonl(out_dir / "text_train.jsonl", text_rows)
+    return written
