@@ -83,6 +83,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
                                                       "params": {"trainable": params.trainable, "total": params.total},
                                                       "total_steps": total_steps})
+    target = [config["target"]] if config.get("target") else []
+    target_result: dict[str, float] = {}
+    if target and resume_from is None:
+        target_result["base"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id)["target"]
     forgetting_history: list[dict[str, Any]] = []
     if forgetting_tasks and resume_from is None:
         forgetting_history.append({"step": 0, **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id)})
@@ -146,6 +150,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         final["eval_loss"] = evaluate_loss(accelerator, model, eval_set, pad_id, t.per_device_batch_size)
     if forgetting_tasks:
         forgetting_history.append({"step": state["step"], **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id)})
+    if target:
+        target_result["final"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id)["target"]
     _save_artifact(run_dir, spec, accelerator, model)
     if rank == 0:
         _write_json(run_dir / "worker_result.json", {
@@ -154,6 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "final_loss": log.last_loss, "final_eval": final, "forgetting_history": forgetting_history,
             "params": {"trainable": params.trainable, "total": params.total},
             "resumed_from": str(resume_from) if resume_from else None,
+            "target": target_result or None,
         })
     accelerator.wait_for_everyone()
 

@@ -101,6 +101,8 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
         "train_cache": str(train.cache_dir),
         "eval_cache": str(evaluation.cache_dir) if evaluation else None,
         "forgetting": forgetting,
+        "target": ({"name": "target", "metric": "exact_match", "rows": answer_rows(spec.data.eval, 200)}
+                   if spec.data.eval is not None and spec.data.eval.format == "instruction" else None),
         "data": {"train_fingerprint": train.fingerprint, "rows": s.rows_used, "skipped": s.rows_skipped,
                  "truncated": s.truncated, "eval_rows": s.rows_used if evaluation is None else evaluation.stats.rows_used},
     }
@@ -108,24 +110,31 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
 
 def _forgetting_task(task, spec: JobSpec, tokenizer) -> dict[str, Any]:
     from orchestrator.data.pipeline import prepare_dataset
-    from orchestrator.data.sources import open_source
 
     source = DataSourceSpec(path=task.path, format=task.format, max_examples=task.max_examples)
     entry: dict[str, Any] = {"name": task.name, "metric": task.metric}
     if task.metric == "exact_match":
-        cols = source.columns
-        rows = []
-        for row in open_source(source).read_rows():
-            if row.values is None or not isinstance(row.values.get(cols.prompt), str):
-                continue
-            rows.append({"prompt": row.values[cols.prompt], "response": str(row.values.get(cols.response, ""))})
-            if len(rows) >= (task.max_examples or len(rows) + 1):
-                break
-        entry["rows"] = rows
+        entry["rows"] = answer_rows(source, task.max_examples or 200)
     else:
         unpacked = spec.data.model_copy(update={"packing": False})  # one example per row for evaluation
         entry["cache_dir"] = str(prepare_dataset(source, unpacked, tokenizer).cache_dir)
     return entry
+
+
+def answer_rows(source: DataSourceSpec, limit: int) -> list[dict[str, str]]:
+    """Up to `limit` {prompt, response} rows for exact-match evaluation (bad rows skipped;
+    the training data pipeline has already reported them)."""
+    from orchestrator.data.sources import open_source
+
+    cols = source.columns
+    rows: list[dict[str, str]] = []
+    for row in open_source(source).read_rows():
+        values = row.values or {}
+        if isinstance(values.get(cols.prompt), str) and isinstance(values.get(cols.response), str):
+            rows.append({"prompt": values[cols.prompt], "response": values[cols.response]})
+            if len(rows) >= limit:
+                break
+    return rows
 
 
 # ------------------------------------------------------------------------------ train
@@ -252,6 +261,7 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         "params": result["params"],
         "resumed_from": result.get("resumed_from"),
         "forgetting": forgetting,
+        "target": result.get("target"),
         "artifacts": artifacts,
     }
     _write_summary(run_dir, spec, summary, started)
@@ -260,6 +270,10 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
                   f"final loss {loss:.4f}" + (f", eval loss {result['final_eval']['eval_loss']:.4f}"
                                               if result.get("final_eval", {}).get("eval_loss") is not None else "")
                   + f", {summary['train_seconds']:.1f}s training")
+    target = result.get("target")
+    if target and "final" in target:
+        base = f"base {target['base']:.3f} -> " if "base" in target else ""
+        console.print(f"  target task (data.eval) exact match: {base}{target['final']:.3f}")
     console.print(f"  run dir: {run_dir}")
     return summary
 
