@@ -215,7 +215,7 @@ def test_quickstart_breaks_no_rule():
 @pytest.mark.parametrize("overrides", [
     ["method.kind=qlora"],
     ["method.kind=head", "method.lora=null", "data.train.format=classification", "data.eval.format=classification",
-     "forgetting.tasks=[]"],
+     "forgetting.tasks=[]", "forgetting.every_steps=null"],
     ["resources.strategy=fsdp"],
     ["resources.strategy=deepspeed"],
     ["merge.enabled=true"],
