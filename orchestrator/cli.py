@@ -20,6 +20,7 @@ err_console = Console(stderr=True, highlight=False)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
+EXIT_WONT_FIT = 3
 
 
 def cmd_validate(job: Path, overrides: list[str]) -> int:
@@ -48,6 +49,65 @@ def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str 
     from orchestrator.training.run import run_job
 
     return run_job(spec, run_dir=run_dir, address=address, console=console)
+
+
+def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) -> int:
+    """Estimate each worker's GPU memory (or RAM on CPU) and whether the job fits."""
+    from orchestrator.models.memory import GiB, ModelShapeError, estimate_memory, model_shape
+    from orchestrator.spec import JobSpec, SpecError, load_spec
+    from orchestrator.spec.load import apply_overrides, read_job_file
+    from orchestrator.spec.rules import NOT_YET_AVAILABLE
+
+    if gpu_memory_gib is not None and gpu_memory_gib <= 0:
+        err_console.print(f"[red]✗[/red] --gpu-memory must be a positive number of GiB, not {gpu_memory_gib:g}")
+        return EXIT_INVALID
+    try:
+        spec = load_spec(job, overrides)
+    except SpecError as err:
+        if any(NOT_YET_AVAILABLE not in p.message for p in err.problems):
+            print_problems(job, err)
+            return EXIT_INVALID
+        # Valid, but not runnable by this version yet: its memory can still be planned.
+        spec = JobSpec.model_validate(apply_overrides(read_job_file(job), overrides)[0])
+        for p in err.problems:
+            console.print(f"[yellow]note:[/yellow] {escape(p.path)}: {escape(p.message)}", soft_wrap=True)
+    r = spec.resources
+    if gpu_memory_gib is None and r.gpus_per_worker > 0:
+        gpu_memory_gib = 80.0
+    try:
+        est = estimate_memory(spec, model_shape(spec.model.path, spec.model.revision), gpu_memory_gib)
+    except ModelShapeError as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
+        return EXIT_FAILED
+
+    from rich.table import Table
+
+    unit, scale = ("GiB", GiB) if est.total >= GiB else ("MiB", 1024**2)
+    console.print(f"{spec.name}: {spec.method.kind}, {r.workers} worker(s) x {r.gpus_per_worker:g} GPU, {r.strategy}"
+                  f"{f' ZeRO-{r.zero_stage or 2}' if r.strategy == 'deepspeed' else ''}, {spec.training.precision}, "
+                  f"batch {spec.training.per_device_batch_size} x {spec.data.max_seq_len} tokens")
+    table = Table()
+    table.add_column("component")
+    table.add_column(f"{unit} per GPU" if est.on_gpu else f"{unit} per worker (RAM)", justify="right")
+    for label, size in est.rows():
+        if est.on_gpu or label != "CUDA context":
+            table.add_row(label, f"{size / scale:.2f}")
+    table.add_row("[bold]total[/bold]", f"[bold]{est.total / scale:.2f}[/bold]")
+    if est.offloaded:
+        table.add_row("[dim]offloaded to CPU RAM[/dim]", f"[dim]{est.offloaded / scale:.2f}[/dim]")
+    console.print(table)
+    console.print(f"parameters: {est.trainable_params:,} trainable / {est.total_params:,} total")
+    for note in est.notes:
+        console.print(f"  [dim]- {escape(note)}[/dim]", soft_wrap=True)
+    if est.budget is None:
+        console.print("estimate of each CPU worker's RAM; pass --gpu-memory GiB for a verdict against a budget")
+        return EXIT_OK
+    budget = f"{est.budget / GiB:g} GiB" + (" per GPU" if est.on_gpu else " of RAM per worker")
+    if est.fits:
+        console.print(f"[green]✓[/green] fits: about {est.total / GiB:.1f} GiB of {budget}")
+        return EXIT_OK
+    err_console.print(f"[red]✗[/red] does not fit: needs about {est.total / GiB:.1f} GiB, {budget} available")
+    return EXIT_WONT_FIT
 
 
 def cmd_demo_data(out_dir: Path) -> int:
@@ -102,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None, help="output dir (default runs/<name>-<timestamp>)")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or embedded local Ray)")
 
+    p = sub.add_parser("estimate", help=cmd_estimate.__doc__, description=cmd_estimate.__doc__ + (
+        " Exit 0 when it fits (or no budget is known), 3 when it cannot fit, 2 for an invalid job,"
+        " 1 when the model's architecture is unknown."))
+    p.add_argument("job", type=Path, help="job file (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GiB",
+                   help="memory per GPU (default 80 when gpus_per_worker > 0; on CPU: RAM per worker, no default)")
+
     p = sub.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
 
@@ -112,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": lambda a: cmd_validate(a.job, a.overrides),
     "run": lambda a: cmd_run(a.job, a.overrides, a.run_dir, a.address),
+    "estimate": lambda a: cmd_estimate(a.job, a.overrides, a.gpu_memory),
     "demo-data": lambda a: cmd_demo_data(a.out_dir),
     "build-base": lambda a: cmd_build_base(),
 }

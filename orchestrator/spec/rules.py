@@ -185,9 +185,9 @@ def available_in_this_version(spec: JobSpec) -> list[Problem]:
     if spec.method.kind in ("qlora", "head"):
         problems.append(Problem("method.kind", f"method '{spec.method.kind}' {NOT_YET_AVAILABLE}",
                                 "use full, lora or freeze"))
-    if spec.resources.strategy != "ddp":
-        problems.append(Problem("resources.strategy", f"strategy '{spec.resources.strategy}' {NOT_YET_AVAILABLE}",
-                                "use ddp"))
+    if spec.resources.strategy == "fsdp":
+        problems.append(Problem("resources.strategy", f"strategy 'fsdp' {NOT_YET_AVAILABLE}",
+                                "use ddp, or deepspeed with zero_stage 3 to shard parameters"))
     if spec.merge.enabled:
         problems.append(Problem("merge.enabled", f"merging after training {NOT_YET_AVAILABLE}", "set merge.enabled: false"))
     f = spec.forgetting

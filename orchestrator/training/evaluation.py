@@ -34,9 +34,16 @@ def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.T
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int) -> float:
-    """Mean token loss over `dataset`; each rank takes every world-th example."""
-    rank, world = accelerator.process_index, accelerator.num_processes
+def _rank_world(shard: bool) -> tuple[int, int]:
+    """This rank's place for sharded evaluation; (0, 1) when every rank evaluates everything."""
+    if not shard or not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True) -> float:
+    """Mean token loss over `dataset`; each rank takes every world-th example when sharded."""
+    rank, world = _rank_world(shard)
     indices = list(range(rank, len(dataset), world))
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
@@ -53,15 +60,17 @@ def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int) -> 
                 logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"))
             tokens += int((labels != IGNORE).sum())
     unwrapped.train(was_training)
-    loss_sum, tokens = _sum_across_ranks([loss_sum, float(tokens)], accelerator.device)
+    if shard:
+        loss_sum, tokens = _sum_across_ranks([loss_sum, float(tokens)], accelerator.device)
     return loss_sum / max(tokens, 1.0)
 
 
-def evaluate_forgetting(accelerator, model, tasks: list[dict[str, Any]], tokenizer, pad_id: int) -> dict[str, float]:
-    """Each source task's metric on the current model, rows sharded across ranks."""
+def evaluate_forgetting(accelerator, model, tasks: list[dict[str, Any]], tokenizer, pad_id: int,
+                        shard: bool = True) -> dict[str, float]:
+    """Each source task's metric on the current model, rows sharded across ranks when `shard`."""
     from orchestrator.data.pipeline import load_prepared
 
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank, world = _rank_world(shard)
     unwrapped = accelerator.unwrap_model(model)
     out: dict[str, float] = {}
     for task in tasks:
@@ -69,10 +78,11 @@ def evaluate_forgetting(accelerator, model, tasks: list[dict[str, Any]], tokeniz
         if metric == "exact_match":
             rows = task["rows"][rank::world]
             correct = greedy_exact_match(unwrapped, tokenizer, rows) * len(rows) if rows else 0.0
-            total_correct, total = _sum_across_ranks([correct, float(len(rows))], accelerator.device)
+            total_correct, total = (_sum_across_ranks([correct, float(len(rows))], accelerator.device)
+                                    if shard else (correct, float(len(rows))))
             out[task["name"]] = total_correct / max(total, 1.0)
         else:
-            loss = evaluate_loss(accelerator, model, load_prepared(task["cache_dir"]), pad_id, 32)
+            loss = evaluate_loss(accelerator, model, load_prepared(task["cache_dir"]), pad_id, 32, shard)
             out[task["name"]] = loss if metric == "loss" else math.exp(min(loss, 50.0))
     return out
 

@@ -28,6 +28,7 @@ from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
 from orchestrator.training.evaluation import evaluate_forgetting, evaluate_loss, packed_or_padded_inputs
 from orchestrator.training.schedule import lr_lambda
+from orchestrator.training.strategies import build_accelerator, uses_deepspeed
 
 IGNORE = -100
 
@@ -39,19 +40,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     on_gpu = torch.cuda.is_available() and r.gpus_per_worker > 0
 
     # ---- process group + Accelerate ------------------------------------------------
-    from accelerate import Accelerator
-
     torch.set_num_threads(max(1, int(r.cpus_per_worker)))
-    accelerator = Accelerator(
-        cpu=not on_gpu,
-        mixed_precision="no" if t.precision == "fp32" else t.precision,
-        gradient_accumulation_steps=1,  # accumulation is done by hand below, with exact loss scaling
-    )
-    rank, world = accelerator.process_index, accelerator.num_processes
-    expected_world = dist.get_world_size() if dist.is_initialized() else 1
-    if world != expected_world:
-        raise RuntimeError(f"Accelerate sees {world} processes but the process group has {expected_world}; "
-                           f"refusing to train unsynchronised replicas")
+    accelerator = build_accelerator(spec, on_gpu)
+    deepspeed = uses_deepspeed(spec)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if not deepspeed and accelerator.num_processes != world:
+        raise RuntimeError(f"Accelerate sees {accelerator.num_processes} processes but the process group has "
+                           f"{world}; refusing to train unsynchronised replicas")
     _seed_everything(t.seed, rank)
 
     # ---- model, optimizer, schedule ------------------------------------------------
@@ -66,6 +62,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # The scheduler stays outside `prepare`: Accelerate would step it once per process per
     # call, running the schedule `world` times too fast.
     model, optimizer = accelerator.prepare(model, optimizer)
+    if deepspeed and getattr(model, "dp_world_size", world) != world:
+        raise RuntimeError(f"DeepSpeed trains over {model.dp_world_size} ranks but the process group has {world}")
+    # ZeRO-3 needs every rank in every forward pass, so evaluation is not sharded there.
+    shard_eval = not (deepspeed and (r.zero_stage or 2) == 3)
     tokenizer = load_tokenizer(config["model_dir"], spec.model)
     pad_id = int(tokenizer.pad_token_id)
 
@@ -86,10 +86,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     target = [config["target"]] if config.get("target") else []
     target_result: dict[str, float] = {}
     if target and resume_from is None:
-        target_result["base"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id)["target"]
+        target_result["base"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id, shard_eval)["target"]
     forgetting_history: list[dict[str, Any]] = []
     if forgetting_tasks and resume_from is None:
-        forgetting_history.append({"step": 0, **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id)})
+        forgetting_history.append({"step": 0, **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
 
     # ---- train ---------------------------------------------------------------------
     model.train()
@@ -103,16 +103,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_sum = 0.0
         for k, batch in enumerate(batches):
             batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-            sync = k == len(batches) - 1
+            sync = k == len(batches) - 1 or deepspeed  # DeepSpeed handles accumulation itself
             with (accelerator.no_sync(model) if not sync else _nullcontext()):
                 token_loss = _token_loss_sum(model, batch)
-                # DDP averages gradients over ranks, hence the world factor.
-                accelerator.backward(token_loss * world / max(global_tokens, 1))
+                # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
+                # also divides by its accumulation steps, hence that factor.
+                scale = world * (t.grad_accum_steps if deepspeed else 1)
+                accelerator.backward(token_loss * scale / max(global_tokens, 1))
             loss_sum += float(token_loss.detach())
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
         grad_norm = None
         if t.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(trainable, t.max_grad_norm))
+            norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm)  # DeepSpeed: clipped in its step
+            grad_norm = float(norm) if norm is not None else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -132,11 +135,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 record["grad_norm"] = grad_norm
         if eval_set is not None and t.eval_every_steps and state["step"] % t.eval_every_steps == 0:
             record.update(step=state["step"], eval_loss=evaluate_loss(accelerator, model, eval_set, pad_id,
-                                                                     t.per_device_batch_size))
+                                                                     t.per_device_batch_size, shard_eval))
         f = spec.forgetting
         if forgetting_tasks and f.every_steps and state["step"] % f.every_steps == 0 and state["step"] < total_steps:
             forgetting_history.append({"step": state["step"],
-                                       **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id)})
+                                       **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
         if record:
             log.write(record)
         every = spec.checkpoint.every_steps
@@ -147,11 +150,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _save_checkpoint(checkpoints, state, accelerator, model, optimizer, scheduler, config, spec)
     final: dict[str, Any] = {"step": state["step"]}
     if eval_set is not None:
-        final["eval_loss"] = evaluate_loss(accelerator, model, eval_set, pad_id, t.per_device_batch_size)
+        final["eval_loss"] = evaluate_loss(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval)
     if forgetting_tasks:
-        forgetting_history.append({"step": state["step"], **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id)})
+        forgetting_history.append({"step": state["step"], **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
     if target:
-        target_result["final"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id)["target"]
+        target_result["final"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id, shard_eval)["target"]
     _save_artifact(run_dir, spec, accelerator, model)
     if rank == 0:
         _write_json(run_dir / "worker_result.json", {
@@ -227,23 +230,31 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _trainable_state(accelerator, model) -> dict[str, torch.Tensor]:
+def _full_state(accelerator, model) -> dict[str, torch.Tensor]:
+    """The whole state dict, gathered where it is sharded (ZeRO-3). Every rank must call this."""
+    return accelerator.get_state_dict(model)
+
+
+def _trainable_state(accelerator, model, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     unwrapped = accelerator.unwrap_model(model)
     names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-    return {n: t.detach().cpu().contiguous() for n, t in unwrapped.state_dict().items() if n in names}
+    return {n: t.detach().cpu().contiguous() for n, t in full.items() if n in names}
 
 
 def _save_checkpoint(checkpoints: Path, state, accelerator, model, optimizer, scheduler, config, spec: JobSpec) -> None:
     from safetensors.torch import save_file
 
-    rank = accelerator.process_index
+    rank = dist.get_rank() if dist.is_initialized() else 0
     staging = staging_dir(checkpoints, state["step"])
+    full = _full_state(accelerator, model)
     if rank == 0:
         staging.mkdir(parents=True, exist_ok=True)
-        save_file(_trainable_state(accelerator, model), str(staging / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        save_file(_trainable_state(accelerator, model, full), str(staging / "trainable.safetensors"))
+        if not uses_deepspeed(spec):
+            # DeepSpeed's partitioned optimizer state is not saved yet (see README).
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        _write_json(staging / "trainer_state.json", {**state, "world_size": accelerator.num_processes})
+        _write_json(staging / "trainer_state.json", {**state, "world_size": dist.get_world_size() if dist.is_initialized() else 1})
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), staging / f"rng-rank{rank:05d}.pt")
     accelerator.wait_for_everyone()
@@ -276,6 +287,9 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, rank:
     missing = accelerator.unwrap_model(model).load_state_dict(weights, strict=False)
     if missing.unexpected_keys:
         raise RuntimeError(f"checkpoint {path.name} holds weights this model does not have: {missing.unexpected_keys[:3]}")
+    if not (path / "optimizer.pt").is_file():
+        raise RuntimeError(f"checkpoint {path.name} has no optimizer state (DeepSpeed checkpoints do not carry it "
+                           f"yet), so it cannot be resumed exactly; start fresh with checkpoint.resume=never")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-rank{rank:05d}.pt"
@@ -294,8 +308,9 @@ def _as_python_state(value):
 
 def _save_artifact(run_dir: Path, spec: JobSpec, accelerator, model) -> None:
     accelerator.wait_for_everyone()
-    if accelerator.process_index == 0:
+    full = _full_state(accelerator, model)
+    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         unwrapped = accelerator.unwrap_model(model)
         target = run_dir / ("adapter" if spec.method.kind in ("lora", "qlora") else "model")
-        unwrapped.save_pretrained(str(target), safe_serialization=True)
+        unwrapped.save_pretrained(str(target), state_dict=full, safe_serialization=True)
     accelerator.wait_for_everyone()

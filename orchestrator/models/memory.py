@@ -1,0 +1,488 @@
+"""Per-worker memory estimate of a job, before any allocation: `ftctl estimate`.
+
+Pure functions over a `JobSpec` and a `ModelShape` (read from a model's `config.json`, the
+Hugging Face cache, or a small table of well-known architectures). No torch, no network.
+
+The model is a Llama-style decoder (embeddings, blocks of GQA attention + gated MLP with
+RMSNorms, final norm, output head). The figures are estimates of the steady-state peak:
+they leave out allocator fragmentation and library workspaces beyond a fixed CUDA context,
+so treat a verdict within ~10% of the budget as uncertain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from orchestrator.spec import paths
+from orchestrator.spec.models import JobSpec, LoraSpec
+
+GiB = 1024**3
+
+# CUDA context, cuBLAS/NCCL workspaces and the caching allocator's slack, per GPU process.
+CUDA_CONTEXT_BYTES = 1 * GiB
+
+# QLoRA (Dettmers et al. 2023): NF4/FP4 store 4 bits per weight, plus one absmax constant per
+# block of 64 weights. Without double quantisation the constant is fp32 (32/64 = 0.5 bit per
+# weight); with it, 8-bit constants plus one fp32 per 256 of them (8/64 + 32/(64*256) = 0.127 bit).
+NF4_BYTES_PER_PARAM = 0.5
+QUANT_CONSTANT_BYTES = {True: 0.127 / 8, False: 0.5 / 8}
+
+# AdamW keeps two moments per trainable parameter in fp32.
+ADAM_BYTES_PER_PARAM = 8
+# Mixed precision keeps an fp32 master copy of every trainable weight held in 16 bits
+# (ZeRO and FSDP count it with the optimizer states, and shard/offload it with them).
+MASTER_BYTES_PER_PARAM = 4
+
+# DeepSpeed ZeRO-1/2 default reduce and all-gather bucket sizes (elements).
+DEEPSPEED_BUCKET_ELEMENTS = 500_000_000
+
+BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ModelShapeError(ValueError):
+    """The model's architecture cannot be read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    tie_embeddings: bool
+    max_position_embeddings: int | None = None
+    head_dim: int | None = None
+    """Per-head width when it differs from hidden_size / num_heads (config `head_dim`)."""
+
+    @property
+    def q_dim(self) -> int:
+        return (self.head_dim or self.hidden_size // self.num_heads) * self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return (self.head_dim or self.hidden_size // self.num_heads) * self.num_kv_heads
+
+
+# Public config.json values of well-known base models, for estimates without a download.
+_LLAMA3_8B = ModelShape(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                        num_heads=32, num_kv_heads=8, tie_embeddings=False, max_position_embeddings=8192)
+_LLAMA31_8B = replace(_LLAMA3_8B, max_position_embeddings=131072)
+_MISTRAL_7B = ModelShape(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                         num_heads=32, num_kv_heads=8, tie_embeddings=False, max_position_embeddings=32768)
+_QWEN25_7B = ModelShape(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                        num_heads=28, num_kv_heads=4, tie_embeddings=False, max_position_embeddings=131072)
+_LLAMA2_7B = ModelShape(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
+                        num_heads=32, num_kv_heads=32, tie_embeddings=False, max_position_embeddings=4096)
+
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    "meta-llama/Meta-Llama-3-8B": _LLAMA3_8B,
+    "meta-llama/Meta-Llama-3-8B-Instruct": _LLAMA3_8B,
+    "meta-llama/Llama-3.1-8B": _LLAMA31_8B,
+    "meta-llama/Llama-3.1-8B-Instruct": _LLAMA31_8B,
+    "meta-llama/Meta-Llama-3.1-8B": _LLAMA31_8B,
+    "meta-llama/Meta-Llama-3.1-8B-Instruct": _LLAMA31_8B,
+    "meta-llama/Llama-2-7b-hf": _LLAMA2_7B,
+    "mistralai/Mistral-7B-v0.1": _MISTRAL_7B,
+    "mistralai/Mistral-7B-Instruct-v0.1": _MISTRAL_7B,
+    "Qwen/Qwen2.5-7B": _QWEN25_7B,
+    "Qwen/Qwen2.5-7B-Instruct": _QWEN25_7B,
+}
+
+
+# ----------------------------------------------------------------------- shapes
+
+
+def model_shape(model_path: str, revision: str | None = None) -> ModelShape:
+    """The architecture behind `model.path`: a local dir, `builtin:tiny-base`, or a hub id."""
+    loc = paths.locate_model(model_path)
+    if loc.kind == "builtin":
+        return _tiny_base_shape()
+    if loc.kind == "local":
+        config = Path(loc.value) / "config.json"
+        if not config.is_file():
+            raise ModelShapeError(f"'{loc.value}' has no config.json; point model.path at a Hugging Face model directory")
+        return shape_from_config(_read_config(config), source=str(config))
+    cached = _hf_cache_config(model_path, revision)
+    if cached is not None:
+        return shape_from_config(_read_config(cached), source=str(cached))
+    known = {k.lower(): v for k, v in KNOWN_SHAPES.items()}.get(model_path.lower())
+    if known is not None:
+        return known
+    raise ModelShapeError(
+        f"the architecture of '{model_path}' is unknown here (not in the Hugging Face cache, not a built-in "
+        f"shape); download it (huggingface-cli download {model_path} --local-dir DIR) and set model.path to DIR, "
+        f"or point model.path at a local model directory")
+
+
+def shape_from_config(config: dict, source: str = "config.json") -> ModelShape:
+    """Read a Llama-style Hugging Face `config.json` (Llama, Mistral, Qwen2, ...)."""
+    config = config.get("text_config", config)  # multimodal wrappers keep the decoder here
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads") if not isinstance(config.get(k), int)]
+    if missing:
+        raise ModelShapeError(f"{source} lacks {', '.join(missing)}; the estimate models Llama-style decoders "
+                              f"(Llama, Mistral, Qwen2) and cannot read this architecture")
+    heads = config["num_attention_heads"]
+    return ModelShape(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        # LlamaConfig's default; the configs of tied models say so explicitly.
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        max_position_embeddings=config.get("max_position_embeddings"),
+        head_dim=config.get("head_dim") if config.get("head_dim") != config["hidden_size"] // heads else None,
+    )
+
+
+def _tiny_base_shape() -> ModelShape:
+    # Imported here: the build module keeps torch out of its module level, but the tiny
+    # package is only needed for this one model.
+    from orchestrator.models.tiny import build
+    from orchestrator.models.tiny.tokenizer import SPECIAL_TOKENS
+
+    config = build.tiny_base_dir() / "config.json"
+    if config.is_file():
+        return shape_from_config(_read_config(config), source=str(config))
+    # Not built yet: the recipe's numbers, and the values its LlamaConfig fixes (byte-level
+    # vocabulary of 256 symbols plus the special tokens, tied head, 128 positions).
+    r = build.RECIPE
+    return ModelShape(vocab_size=256 + len(SPECIAL_TOKENS), hidden_size=r.hidden_size,
+                      intermediate_size=r.intermediate_size, num_layers=r.num_layers, num_heads=r.num_heads,
+                      num_kv_heads=r.num_heads, tie_embeddings=True, max_position_embeddings=128)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelShapeError(f"cannot read {path}: {err}") from None
+    if not isinstance(config, dict):
+        raise ModelShapeError(f"{path} is not a JSON object; expected a Hugging Face model config")
+    return config
+
+
+def _hf_cache_config(repo_id: str, revision: str | None) -> Path | None:
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"), "hub")
+    repo = Path(hub) / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / (revision or "main")
+    if ref.is_file():
+        pinned = repo / "snapshots" / ref.read_text().strip() / "config.json"
+        if pinned.is_file():
+            return pinned
+    if revision and (repo / "snapshots" / revision / "config.json").is_file():
+        return repo / "snapshots" / revision / "config.json"
+    found = sorted((repo / "snapshots").glob("*/config.json"))
+    return found[0] if found else None
+
+
+# ------------------------------------------------------------------- parameters
+
+
+def block_linears(shape: ModelShape) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each linear layer of one decoder block."""
+    h, i = shape.hidden_size, shape.intermediate_size
+    return {"q_proj": (h, shape.q_dim), "k_proj": (h, shape.kv_dim), "v_proj": (h, shape.kv_dim),
+            "o_proj": (shape.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def block_parameter_count(shape: ModelShape) -> int:
+    """One decoder block: its linears and its two RMSNorms (no biases, as in Llama)."""
+    return sum(a * b for a, b in block_linears(shape).values()) + 2 * shape.hidden_size
+
+
+def parameter_count(shape: ModelShape) -> int:
+    """Embeddings + blocks + final norm + output head (unless tied to the embeddings)."""
+    embeddings = shape.vocab_size * shape.hidden_size
+    head = 0 if shape.tie_embeddings else embeddings
+    return embeddings + shape.num_layers * block_parameter_count(shape) + shape.hidden_size + head
+
+
+def adapter_parameter_count(shape: ModelShape, lora: LoraSpec) -> int:
+    """LoRA parameters: r * (in + out) per adapted linear (+ out for DoRA's magnitude vector)."""
+    linears = block_linears(shape)
+    targets = list(BLOCK_LINEARS) if lora.target_modules == "all-linear" else lora.target_modules
+    per_block = sum(lora.r * (a + b) + (b if lora.use_dora else 0)
+                    for name, (a, b) in linears.items() if name in targets)
+    v, h = shape.vocab_size, shape.hidden_size
+    extra = 0
+    if "lm_head" in targets:
+        extra += lora.r * (h + v) + (v if lora.use_dora else 0)
+    if "embed_tokens" in targets:  # PEFT's embedding LoRA: A is (r, vocab), B is (hidden, r)
+        extra += lora.r * (v + h)
+    return shape.num_layers * per_block + extra
+
+
+def trainable_parameter_count(spec: JobSpec, shape: ModelShape) -> int:
+    m = spec.method
+    embeddings = shape.vocab_size * shape.hidden_size
+    if m.kind == "full":
+        return parameter_count(shape)
+    if m.kind in ("lora", "qlora"):
+        return adapter_parameter_count(shape, m.lora or LoraSpec())
+    if m.kind == "freeze":
+        f = m.freeze
+        layers = min(f.trainable_layers, shape.num_layers)
+        # Last N blocks + final norm + output head; a tied head *is* the embedding matrix.
+        trainable = layers * block_parameter_count(shape) + shape.hidden_size + embeddings
+        if f.train_embeddings and not shape.tie_embeddings:
+            trainable += embeddings
+        return trainable
+    # head: a new linear classifier on the pooled hidden state (no bias, as in Llama's).
+    return shape.hidden_size * m.head.num_labels
+
+
+# -------------------------------------------------------------------- estimate
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per worker (on its GPU, or in RAM for CPU workers)."""
+
+    weights: int
+    """Base model weights (frozen or trained), in the load dtype; 4-bit for qlora."""
+    adapter_weights: int
+    """LoRA/QLoRA adapter weights (fp32)."""
+    gradients: int
+    optimizer_states: int
+    """AdamW moments plus fp32 master weights where the trained weights are 16-bit."""
+    activations: int
+    """Kept for the backward pass of one micro-batch, including the logits and the loss."""
+    buffers: int
+    """Communication buckets (DDP, ZeRO-1/2) or gathered full layers (ZeRO-3, FSDP)."""
+    overhead: int
+    """CUDA context and workspaces (GPU only)."""
+    offloaded: int
+    """Moved to host RAM by resources.offload (not counted in total)."""
+    total_params: int
+    trainable_params: int
+    on_gpu: bool
+    budget: int | None
+    """Memory available to one worker, or None when unknown."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.adapter_weights + self.gradients + self.optimizer_states
+                + self.activations + self.buffers + self.overhead)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.budget is None else self.total <= self.budget
+
+    def rows(self) -> list[tuple[str, int]]:
+        """(label, bytes) per component, in display order."""
+        return [("weights", self.weights), ("adapter weights", self.adapter_weights),
+                ("gradients", self.gradients), ("optimizer states", self.optimizer_states),
+                ("activations", self.activations), ("buffers", self.buffers), ("CUDA context", self.overhead)]
+
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def load_dtype_bytes(spec: JobSpec) -> int:
+    """Bytes per base weight as loaded. `auto` mirrors orchestrator.models.build.torch_dtype:
+    bfloat16 on GPU with bf16 precision, else float32 (fp16 mixed precision wants fp32
+    weights: its loss scaler refuses fp16 gradients)."""
+    if spec.model.dtype != "auto":
+        return _DTYPE_BYTES[spec.model.dtype]
+    return 2 if spec.resources.gpus_per_worker > 0 and spec.training.precision == "bf16" else 4
+
+
+def estimate_memory(spec: JobSpec, shape: ModelShape, gpu_memory_gib: float | None = None) -> MemoryEstimate:
+    """Per-worker memory of `spec` on a model of `shape`; `gpu_memory_gib` is memory per GPU
+    (per worker RAM for CPU workers). Without it, `fits` is None."""
+    m, t, r = spec.method, spec.training, spec.resources
+    on_gpu = r.gpus_per_worker > 0
+    notes: list[str] = []
+    h, v = shape.hidden_size, shape.vocab_size
+    w_bytes = load_dtype_bytes(spec)
+    total_params = parameter_count(shape)
+    trainable = trainable_parameter_count(spec, shape)
+    embeddings = v * h
+    untied_head = 0 if shape.tie_embeddings else embeddings
+
+    # ---- weights -----------------------------------------------------------------
+    adapter_weights = 0
+    if m.kind == "qlora":
+        q = m.quantization
+        compute_bytes = _DTYPE_BYTES[q.compute_dtype]
+        linear = shape.num_layers * sum(a * b for a, b in block_linears(shape).values())
+        # Block linears in 4 bits (+ constants); embeddings, norms and the head stay in the
+        # compute dtype (bitsandbytes does not quantise them).
+        weights = int(linear * (NF4_BYTES_PER_PARAM + QUANT_CONSTANT_BYTES[q.double_quant])
+                      + (total_params - linear) * compute_bytes)
+    elif m.kind == "head":
+        # A sequence-classification model has no LM head: the classifier replaces it.
+        weights = (total_params - untied_head + trainable) * w_bytes
+    else:
+        weights = total_params * w_bytes
+    if m.kind in ("lora", "qlora"):
+        # PEFT keeps adapters in fp32 even over a 16-bit base (autocast_adapter_dtype).
+        adapter_weights = trainable * 4
+        trained_bytes = 4
+    else:
+        trained_bytes = w_bytes
+
+    # ---- gradients and optimizer -------------------------------------------------
+    gradients = trainable * trained_bytes  # in the dtype of the weights they belong to
+    optimizer = trainable * ADAM_BYTES_PER_PARAM
+    if trained_bytes == 2:
+        optimizer += trainable * MASTER_BYTES_PER_PARAM
+
+    # ---- sharding across workers ---------------------------------------------------
+    n = r.workers
+    shard_weights = shard_grads = shard_optimizer = 1
+    if r.strategy == "deepspeed":
+        stage = r.zero_stage or 2
+        shard_optimizer = n
+        shard_grads = n if stage >= 2 else 1
+        shard_weights = n if stage >= 3 else 1
+    elif r.strategy == "fsdp":  # FULL_SHARD: like ZeRO-3
+        shard_weights = shard_grads = shard_optimizer = n
+    weights //= shard_weights
+    adapter_weights //= shard_weights
+    gradients //= shard_grads
+    optimizer //= shard_optimizer
+
+    # ---- communication buffers -----------------------------------------------------
+    buffers = 0
+    if r.strategy == "ddp" and n > 1:
+        # torch DDP reduces through flat buckets that copy every gradient
+        # (gradient_as_bucket_view is off by default).
+        buffers = trainable * trained_bytes
+    elif r.strategy == "deepspeed" and (r.zero_stage or 2) < 3:
+        buffers = 2 * min(trainable, DEEPSPEED_BUCKET_ELEMENTS) * trained_bytes  # reduce + all-gather
+    elif r.strategy in ("deepspeed", "fsdp") and n > 1:
+        # The unit being computed and the one prefetched are gathered whole; embeddings and
+        # the head are gathered as one matrix each.
+        unit = max(block_parameter_count(shape), embeddings)
+        buffers = 2 * unit * (w_bytes if m.kind != "qlora" else _DTYPE_BYTES[m.quantization.compute_dtype])
+
+    # ---- offload -------------------------------------------------------------------
+    offloaded = 0
+    if r.offload != "none" and r.strategy != "ddp":
+        if not on_gpu:
+            notes.append("offload has no effect on CPU workers: everything is in RAM already")
+        else:
+            offloaded += optimizer
+            optimizer = 0
+            if r.offload == "all":
+                offloaded += weights + adapter_weights
+                weights = adapter_weights = 0
+                if r.strategy == "fsdp":  # FSDP's CPUOffload moves gradients with the parameters
+                    offloaded += gradients
+                    gradients = 0
+
+    activations = activation_bytes(spec, shape, notes)
+    overhead = CUDA_CONTEXT_BYTES if on_gpu else 0
+
+    budget = None
+    if gpu_memory_gib is not None:
+        # A fractional GPU is shared; more than one GPU per worker does not split the model.
+        share = min(1.0, r.gpus_per_worker) if on_gpu else 1.0
+        budget = int(gpu_memory_gib * GiB * share)
+
+    estimate = MemoryEstimate(weights=weights, adapter_weights=adapter_weights, gradients=gradients,
+                              optimizer_states=optimizer, activations=activations, buffers=buffers,
+                              overhead=overhead, offloaded=offloaded, total_params=total_params,
+                              trainable_params=trainable, on_gpu=on_gpu, budget=budget, notes=notes)
+    notes.extend(_advice(spec, estimate))
+    return estimate
+
+
+def activation_bytes(spec: JobSpec, shape: ModelShape, notes: list[str] | None = None) -> int:
+    """Activations autograd keeps for one micro-batch of per_device_batch_size x max_seq_len.
+
+    Per block and token it counts what a Llama block saves for backward (cf. Korthikanti et
+    al. 2022, who give 34*h bytes for a GPT block in 16 bits): the two norm inputs and
+    outputs (4h), q and attention output (2 q_dim), k and v (2 kv_dim), and the MLP's gate,
+    up, activation and product (4 intermediate). The attention matrix itself is not kept by
+    SDPA/flash kernels; eager attention adds its scores and softmax (2 heads*seq per token).
+    With gradient checkpointing only each block's input is kept, plus one block recomputed
+    during backward. Frozen blocks that nothing before them trains keep nothing (freeze,
+    head). The logits are kept in the compute dtype, upcast to fp32 for the loss, and the
+    fp32 log-softmax is kept for backward.
+    """
+    notes = notes if notes is not None else []
+    m, t = spec.method, spec.training
+    b, s = t.per_device_batch_size, spec.data.max_seq_len
+    h, i, v = shape.hidden_size, shape.intermediate_size, shape.vocab_size
+    w_bytes = load_dtype_bytes(spec)
+    if t.precision in ("bf16", "fp16"):
+        a_bytes = 2  # autocast runs the matmuls in 16 bits
+    elif m.kind == "qlora":
+        a_bytes = _DTYPE_BYTES[m.quantization.compute_dtype]
+    else:
+        a_bytes = w_bytes
+    if shape.max_position_embeddings and s > shape.max_position_embeddings:
+        notes.append(f"data.max_seq_len={s} exceeds the model's {shape.max_position_embeddings} positions")
+
+    block = (4 * h + 2 * shape.q_dim + 2 * shape.kv_dim + 4 * i) * a_bytes
+    if m.kind in ("lora", "qlora") and m.lora.dropout > 0:
+        # LoRA dropout keeps a dropped-out copy of each adapted input (and a 1-byte mask).
+        targets = BLOCK_LINEARS if m.lora.target_modules == "all-linear" else m.lora.target_modules
+        block += sum(a for name, (a, _) in block_linears(shape).items() if name in targets) * (a_bytes + 1)
+    if spec.model.attn_implementation == "eager":
+        block += 2 * shape.num_heads * s * a_bytes
+
+    if m.kind == "freeze":
+        active = shape.num_layers if m.freeze.train_embeddings else min(m.freeze.trainable_layers, shape.num_layers)
+    elif m.kind == "head":
+        active = 0
+    else:
+        active = shape.num_layers
+    if active == 0:
+        per_token = 0
+    elif t.gradient_checkpointing:
+        per_token = active * h * a_bytes + block
+    else:
+        per_token = active * block
+    if m.kind != "head":
+        per_token += v * (a_bytes + (4 if a_bytes < 4 else 0) + 4)
+
+    # One (batch, 1, seq, seq) attention mask: additive in the weight dtype for packed rows,
+    # boolean for padding; flash attention takes none.
+    mask = 0
+    if spec.model.attn_implementation != "flash_attention_2":
+        mask = b * s * s * (w_bytes if spec.data.packing else 1)
+    return b * s * per_token + mask
+
+
+def _advice(spec: JobSpec, e: MemoryEstimate) -> list[str]:
+    """What to change when the job does not fit (or only just fits)."""
+    if e.budget is None or e.fits is None:
+        return []
+    if e.fits:
+        return ["within 10% of the budget: allocator fragmentation may still run it out of memory"] \
+            if e.total > 0.9 * e.budget else []
+    t, r = spec.training, spec.resources
+    largest = max(e.rows(), key=lambda row: row[1])[0]
+    advice = []
+    if largest == "activations":
+        if not t.gradient_checkpointing:
+            advice.append("set training.gradient_checkpointing: true (keeps one block's activations)")
+        advice.append("lower training.per_device_batch_size (raise grad_accum_steps to keep the global batch) "
+                      "or data.max_seq_len")
+    elif largest in ("optimizer states", "gradients"):
+        if r.strategy == "ddp" or (r.strategy == "deepspeed" and (r.zero_stage or 2) < 3):
+            advice.append("shard optimizer states and gradients: resources.strategy deepspeed (zero_stage 2-3) or fsdp")
+        advice.append("use method lora or qlora (trains a fraction of a percent of the weights)")
+        if r.strategy == "deepspeed" and r.offload == "none":
+            advice.append("or resources.offload: optimizer (optimizer states in CPU RAM)")
+    elif largest == "weights":
+        if r.strategy != "fsdp" and not (r.strategy == "deepspeed" and r.zero_stage == 3):
+            advice.append("shard the weights: resources.strategy fsdp, or deepspeed with zero_stage 3")
+        if spec.method.kind != "qlora":
+            advice.append("or method qlora (4-bit base weights)")
+    else:
+        advice.append("add workers to shard over, or use a larger GPU")
+    return advice

@@ -1,0 +1,57 @@
+"""Accelerate set-up for each distribution strategy, over the process group Ray formed.
+
+On CPU, a plain `Accelerator()` ignores an initialised process group and reports world
+size 1, so ddp is built with `cpu=True` (MULTI_CPU over gloo). DeepSpeed brings its own
+engine and joins the existing group; Accelerate then still reports one process, so the
+loop takes rank and world size from torch.distributed and checks the engine agrees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.spec.models import JobSpec
+
+
+def deepspeed_config(spec: JobSpec) -> dict[str, Any]:
+    """The DeepSpeed config for a job: ZeRO stage, offload, micro-batch, clipping, precision."""
+    r, t = spec.resources, spec.training
+    stage = r.zero_stage or 2
+    zero: dict[str, Any] = {"stage": stage}
+    if r.offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if r.offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if stage == 3:
+        # Saving a ZeRO-3 model needs its partitioned weights gathered on rank 0.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": t.per_device_batch_size,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "gradient_clipping": t.max_grad_norm or 0.0,
+        "zero_optimization": zero,
+        # The optimizer is torch AdamW built by the loop, not a DeepSpeed one.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": t.precision == "fp16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_accelerator(spec: JobSpec, on_gpu: bool):
+    from accelerate import Accelerator
+
+    t = spec.training
+    mixed = "no" if t.precision == "fp32" else t.precision
+    if spec.resources.strategy == "deepspeed":
+        from accelerate.utils import DeepSpeedPlugin
+
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(spec))
+        return Accelerator(deepspeed_plugin=plugin, mixed_precision=mixed)
+    # Accumulation is done by the loop, with exact loss scaling, not by Accelerate.
+    return Accelerator(cpu=not on_gpu, mixed_precision=mixed, gradient_accumulation_steps=1)
+
+
+def uses_deepspeed(spec: JobSpec) -> bool:
+    return spec.resources.strategy == "deepspeed"
