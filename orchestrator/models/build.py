@@ -93,10 +93,17 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
                                   dtype=torch_dtype(m.dtype, on_gpu, spec.training.precision))
     if m.attn_implementation:
         kwargs["attn_implementation"] = m.attn_implementation
+    if spec.method.kind == "qlora":
+        kwargs["quantization_config"] = bnb_config(spec.method)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except OSError as err:
         raise ModelError(_load_hint(m, err)) from None
+    if spec.method.kind == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and head to fp32 and input grads on, so adapters on a 4-bit base train stably.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
     model = apply_method(model, spec.method)
     if spec.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -111,11 +118,11 @@ def apply_method(model, method: MethodSpec):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    if kind == "lora":
+    if kind in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         lora = method.lora
-        assert lora is not None  # filled by MethodSpec for lora
+        assert lora is not None  # filled by MethodSpec for lora and qlora
         config = LoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=lora.target_modules, use_dora=lora.use_dora, use_rslora=lora.use_rslora,
@@ -125,6 +132,18 @@ def apply_method(model, method: MethodSpec):
     if kind == "freeze":
         return freeze_early_layers(model, method.freeze.trainable_layers, method.freeze.train_embeddings)
     raise ModelError(f"method.kind={kind} is not available in this version of ftctl")
+
+
+def bnb_config(method: MethodSpec):
+    """bitsandbytes 4-bit settings of a qlora job (the base stays frozen in 4 bits)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = method.quantization
+    assert q is not None  # filled by MethodSpec for qlora
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype))
 
 
 def freeze_early_layers(model, trainable_layers: int, train_embeddings: bool):

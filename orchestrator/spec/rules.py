@@ -182,9 +182,9 @@ NOT_YET_AVAILABLE = "is not available in this version of ftctl"
 
 def available_in_this_version(spec: JobSpec) -> list[Problem]:
     problems = []
-    if spec.method.kind in ("qlora", "head"):
-        problems.append(Problem("method.kind", f"method '{spec.method.kind}' {NOT_YET_AVAILABLE}",
-                                "use full, lora or freeze"))
+    if spec.method.kind == "head":
+        problems.append(Problem("method.kind", f"method 'head' {NOT_YET_AVAILABLE}",
+                                "use full, lora, qlora or freeze"))
     if spec.resources.strategy == "fsdp":
         problems.append(Problem("resources.strategy", f"strategy 'fsdp' {NOT_YET_AVAILABLE}",
                                 "use ddp, or deepspeed with zero_stage 3 to shard parameters"))

@@ -1,0 +1,66 @@
+"""Every runnable method and strategy on local Ray with 2 CPU workers (gloo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.integration.test_run import run
+
+SHORT = ["training.warmup_steps=0", "checkpoint.every_steps=null", "data.eval=null",
+         "training.eval_every_steps=null", "forgetting.tasks=[]", "forgetting.every_steps=null"]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lora_with_deepspeed_zero2_and_zero3_takes_the_same_steps_as_ddp(tmp_path, local_ray):
+    common = [*SHORT, "training.max_steps=8"]
+    code, ddp, log = run(tmp_path, "ddp", *common)
+    assert code == 0, log
+    for stage in (2, 3):
+        code, ds, log = run(tmp_path, f"zero{stage}", *common, "resources.strategy=deepspeed",
+                            f"resources.zero_stage={stage}")
+        assert code == 0, log
+        assert json.loads((ds / "summary.json").read_text())["world_size"] == 2
+        assert losses(ds) == pytest.approx(losses(ddp), abs=1e-4), f"ZeRO-{stage}"
+        a = load_file(str(ds / "adapter" / "adapter_model.safetensors"))
+        b = load_file(str(ddp / "adapter" / "adapter_model.safetensors"))
+        assert a.keys() == b.keys() and len(a) > 0
+        for name in a:
+            assert (a[name] - b[name]).abs().max() < 1e-4, f"ZeRO-{stage}: {name}"
+
+
+def test_qlora_with_ddp_trains_adapters_over_a_4bit_base(tmp_path, local_ray):
+    code, run_dir, log = run(tmp_path, "qlora", *SHORT, "training.max_steps=30", "method.kind=qlora",
+                             "method.quantization.compute_dtype=float32")
+    assert code == 0, log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert 0 < summary["params"]["trainable"] < summary["params"]["total"] / 5
+    values = losses(run_dir)
+    assert sum(values[-5:]) / 5 < 0.6 * sum(values[:5]) / 5
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+
+
+def test_freeze_with_ddp_trains_only_the_last_blocks(tmp_path, local_ray):
+    from orchestrator.models.tiny.build import ensure_tiny_base
+
+    code, run_dir, log = run(tmp_path, "freeze", *SHORT, "training.max_steps=10", "method.kind=freeze",
+                             "method.lora=null", "method.freeze.trainable_layers=1", "training.lr=1e-3")
+    assert code == 0, log
+    base = load_file(str(ensure_tiny_base() / "model.safetensors"))
+    tuned = load_file(str(run_dir / "model" / "model.safetensors"))
+    first = [n for n in base if ".layers.0." in n]
+    last = [n for n in base if ".layers.1." in n]
+    assert first and last
+    assert all(bool((base[n] == tuned[n]).all()) for n in first), "a frozen block changed"
+    assert any(bool((base[n] != tuned[n]).any()) for n in last), "the trainable block did not change"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params"]["trainable"] < summary["params"]["total"]
