@@ -176,6 +176,10 @@ def _decoder_layers(model):
 
 
 def count_params(model) -> ParamCount:
+    if hasattr(model, "get_nb_trainable_parameters"):
+        # PEFT counts 4-bit weights by their real size (bitsandbytes packs two per byte).
+        trainable, total = model.get_nb_trainable_parameters()
+        return ParamCount(int(trainable), int(total))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return ParamCount(trainable, total)

@@ -344,7 +344,7 @@ class MergeSpec(Strict):
 
 class TrackingSpec(Strict):
     tensorboard: bool = False
-    """Also write TensorBoard event files in the run dir (metrics.jsonl is always written)."""
+    """Also write TensorBoard event files to <run dir>/tensorboard (metrics.jsonl is always written)."""
 
     mlflow: bool = False
     """Also log params and metrics to MLflow."""

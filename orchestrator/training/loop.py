@@ -78,7 +78,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     eval_set = load_prepared(Path(config["eval_cache"])) if config.get("eval_cache") else None
     forgetting_tasks = config.get("forgetting", [])
-    log = _MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, truncate=resume_from is None)
+    log = _MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, truncate=resume_from is None,
+                      tensorboard_dir=run_dir / "tensorboard" if spec.tracking.tensorboard else None)
     if rank == 0:
         _write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
                                                       "params": {"trainable": params.trainable, "total": params.total},
@@ -165,6 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "resumed_from": str(resume_from) if resume_from else None,
             "target": target_result or None,
         })
+    log.close()
     accelerator.wait_for_everyone()
 
 
@@ -208,12 +210,18 @@ class _nullcontext:
 
 
 class _MetricsLog:
-    """metrics.jsonl: one JSON object per logged step, appended and flushed (rank 0 only)."""
+    """metrics.jsonl: one JSON object per logged step, appended and flushed (rank 0 only);
+    the same scalars go to TensorBoard when tracking.tensorboard is on."""
 
-    def __init__(self, path: Path, enabled: bool, truncate: bool):
+    def __init__(self, path: Path, enabled: bool, truncate: bool, tensorboard_dir: Path | None = None):
         self.path, self.enabled, self.last_loss = path, enabled, None
+        self.tensorboard = None
         if enabled and truncate:
             path.write_text("")
+        if enabled and tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict[str, Any]) -> None:
         if "loss" in record:
@@ -222,6 +230,15 @@ class _MetricsLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()
+            if self.tensorboard is not None:
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
+                self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -26,7 +26,7 @@ def run(tmp_path: Path, name: str, *overrides: str) -> tuple[int, Path, str]:
 
 def test_quickstart_writes_the_run_dir_contract_and_learns(tmp_path, local_ray):
     code, run_dir, log = run(tmp_path, "quick", "training.max_steps=40", "checkpoint.every_steps=20",
-                             "training.eval_every_steps=20", "training.log_every_steps=1",
+                             "training.eval_every_steps=20", "training.log_every_steps=1", "tracking.tensorboard=true",
                              *[f"forgetting.tasks.{i}.max_examples=40" for i in range(4)])
     assert code == 0, log
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -53,6 +53,8 @@ def test_quickstart_writes_the_run_dir_contract_and_learns(tmp_path, local_ray):
         assert [e["step"] for e in task["evals"]] == [0, 40]
     assert (run_dir / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
     assert "forgetting" in log and "arithmetic" in log
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
 
 
 def test_two_workers_take_the_same_steps_as_one_worker_with_double_batch(tmp_path, local_ray):
