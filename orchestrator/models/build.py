@@ -93,6 +93,13 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
                                   dtype=torch_dtype(m.dtype, on_gpu, spec.training.precision))
     if m.attn_implementation:
         kwargs["attn_implementation"] = m.attn_implementation
+    if spec.method.kind == "head":
+        from orchestrator.models.classifier import build_classifier
+
+        head = spec.method.head
+        model = build_classifier(model_dir, m.path, head.num_labels, head.pooling, kwargs["dtype"],
+                                 m.revision, m.trust_remote_code)
+        return model, count_params(model)
     if spec.method.kind == "qlora":
         kwargs["quantization_config"] = bnb_config(spec.method)
     try:

@@ -128,6 +128,10 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
         if task.format == "classification" and spec.method.kind != "head":
             problems.append(Problem(f"{where}.format", "a classification task needs a classification head to be evaluated",
                                     "use generative source tasks for generative methods"))
+    if spec.method.kind == "head" and f.tasks:
+        problems.append(Problem("forgetting.tasks", "method head keeps the whole backbone frozen, so it cannot forget "
+                                                    "source tasks, and its new head has no base value to compare with",
+                                "remove forgetting.tasks for head jobs"))
     gated = f.max_drop is not None or any(t.max_drop is not None for t in f.tasks)
     if (gated or f.every_steps is not None) and not f.tasks:
         problems.append(Problem("forgetting.tasks", "forgetting gates and cadence need at least one source task",
@@ -182,9 +186,6 @@ NOT_YET_AVAILABLE = "is not available in this version of ftctl"
 
 def available_in_this_version(spec: JobSpec) -> list[Problem]:
     problems = []
-    if spec.method.kind == "head":
-        problems.append(Problem("method.kind", f"method 'head' {NOT_YET_AVAILABLE}",
-                                "use full, lora, qlora or freeze"))
     if spec.resources.strategy == "fsdp":
         problems.append(Problem("resources.strategy", f"strategy 'fsdp' {NOT_YET_AVAILABLE}",
                                 "use ddp, or deepspeed with zero_stage 3 to shard parameters"))

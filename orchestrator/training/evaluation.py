@@ -65,6 +65,31 @@ def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int, sha
     return loss_sum / max(tokens, 1.0)
 
 
+def evaluate_target(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True) -> dict[str, float]:
+    """Metrics on data.eval: eval_loss, plus eval_accuracy for a classification head."""
+    if "label" not in dataset.column_names:
+        return {"eval_loss": evaluate_loss(accelerator, model, dataset, pad_id, batch_size, shard)}
+    rank, world = _rank_world(shard)
+    indices = list(range(rank, len(dataset), world))
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(indices), batch_size):
+            batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum"))
+            correct += int((logits.argmax(-1) == batch["label"]).sum())
+    unwrapped.train(was_training)
+    totals = [loss_sum, float(correct), float(len(indices))]
+    if shard:
+        totals = _sum_across_ranks(totals, accelerator.device)
+    n = max(totals[2], 1.0)
+    return {"eval_loss": totals[0] / n, "eval_accuracy": totals[1] / n}
+
+
 def evaluate_forgetting(accelerator, model, tasks: list[dict[str, Any]], tokenizer, pad_id: int,
                         shard: bool = True) -> dict[str, float]:
     """Each source task's metric on the current model, rows sharded across ranks when `shard`."""

@@ -26,7 +26,7 @@ from orchestrator.data.pipeline import collate, load_prepared
 from orchestrator.data.sampling import BatchPlan
 from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
-from orchestrator.training.evaluation import evaluate_forgetting, evaluate_loss, packed_or_padded_inputs
+from orchestrator.training.evaluation import evaluate_forgetting, evaluate_target, packed_or_padded_inputs
 from orchestrator.training.schedule import lr_lambda
 from orchestrator.training.strategies import build_accelerator, uses_deepspeed
 
@@ -99,14 +99,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch, step_in_epoch = plan.position(state["step"])
         micro = plan.micro_batches(epoch, step_in_epoch, rank)
         batches = [collate([train_set[i] for i in idx], pad_id) for idx in micro]
-        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        local_tokens = sum(_loss_units(b) for b in batches)
         global_tokens = _all_reduce_sum(local_tokens, accelerator.device)
         loss_sum = 0.0
         for k, batch in enumerate(batches):
             batch = {key: v.to(accelerator.device) for key, v in batch.items()}
             sync = k == len(batches) - 1 or deepspeed  # DeepSpeed handles accumulation itself
             with (accelerator.no_sync(model) if not sync else _nullcontext()):
-                token_loss = _token_loss_sum(model, batch)
+                token_loss = _loss_sum(model, batch)
                 # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
                 # also divides by its accumulation steps, hence that factor.
                 scale = world * (t.grad_accum_steps if deepspeed else 1)
@@ -135,8 +135,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
         if eval_set is not None and t.eval_every_steps and state["step"] % t.eval_every_steps == 0:
-            record.update(step=state["step"], eval_loss=evaluate_loss(accelerator, model, eval_set, pad_id,
-                                                                     t.per_device_batch_size, shard_eval))
+            record.update(step=state["step"], **evaluate_target(accelerator, model, eval_set, pad_id,
+                                                                t.per_device_batch_size, shard_eval))
         f = spec.forgetting
         if forgetting_tasks and f.every_steps and state["step"] % f.every_steps == 0 and state["step"] < total_steps:
             forgetting_history.append({"step": state["step"],
@@ -151,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _save_checkpoint(checkpoints, state, accelerator, model, optimizer, scheduler, config, spec)
     final: dict[str, Any] = {"step": state["step"]}
     if eval_set is not None:
-        final["eval_loss"] = evaluate_loss(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval)
+        final.update(evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval))
     if forgetting_tasks:
         forgetting_history.append({"step": state["step"], **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
     if target:
@@ -171,6 +171,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------- pieces
+
+
+def _loss_units(batch: dict[str, torch.Tensor]) -> int:
+    """What the loss is averaged over: label tokens (language modelling) or examples (head)."""
+    if "label" in batch:
+        return int(batch["label"].numel())
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def _loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "label" in batch:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+        return torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum")
+    return _token_loss_sum(model, batch)
 
 
 def _token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

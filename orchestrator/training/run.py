@@ -89,6 +89,12 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
                   + (f", packed into {s.packed_rows} rows" if spec.data.packing else "") + f"), fingerprint {train.fingerprint[:12]}")
     for example in s.skipped_examples:
         console.print(f"  skipped: {example}")
+    if spec.method.kind == "head":
+        labels = [train.stats.max_label] + ([evaluation.stats.max_label] if evaluation else [])
+        top = max(x for x in labels if x is not None)
+        if top >= spec.method.head.num_labels:
+            raise JobFailed(f"the data has label {top} but method.head.num_labels={spec.method.head.num_labels}; "
+                            f"labels must be 0..{spec.method.head.num_labels - 1} (raise num_labels)")
     global_batch = spec.resources.workers * spec.training.per_device_batch_size * spec.training.grad_accum_steps
     if len(train.dataset) < global_batch:
         raise JobFailed(f"{len(train.dataset)} training rows cannot fill one global batch of {global_batch} "
@@ -269,6 +275,8 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
     console.print(f"[green]✓[/green] {spec.name}: {summary['steps']} steps on {summary['world_size']} worker(s), "
                   f"final loss {loss:.4f}" + (f", eval loss {result['final_eval']['eval_loss']:.4f}"
                                               if result.get("final_eval", {}).get("eval_loss") is not None else "")
+                  + (f", eval accuracy {result['final_eval']['eval_accuracy']:.3f}"
+                     if result.get("final_eval", {}).get("eval_accuracy") is not None else "")
                   + f", {summary['train_seconds']:.1f}s training")
     target = result.get("target")
     if target and "final" in target:

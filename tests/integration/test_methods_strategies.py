@@ -66,3 +66,29 @@ def test_freeze_with_ddp_trains_only_the_last_blocks(tmp_path, local_ray):
     assert any(bool((base[n] != tuned[n]).any()) for n in last), "the trainable block did not change"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["params"]["trainable"] < summary["params"]["total"]
+
+
+HEAD = [*(o for o in SHORT if o not in ("data.eval=null", "forgetting.tasks=[]", "forgetting.every_steps=null")),
+        "method.kind=head", "method.lora=null", "data.train.path=builtin:demo/classify_train.jsonl",
+        "data.train.format=classification", "data.eval.path=builtin:demo/classify_eval.jsonl",
+        "data.eval.format=classification", "forgetting.tasks=[]", "forgetting.every_steps=null"]
+
+
+def test_head_trains_a_classifier_on_a_frozen_backbone(tmp_path, local_ray):
+    code, run_dir, log = run(tmp_path, "head", *HEAD, "training.max_steps=60")
+    assert code == 0, log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params"]["trainable"] == 128 * 2 + 2  # hidden x labels + bias: only the head trains
+    assert summary["final_eval"]["eval_accuracy"] > 0.65  # balanced classes: chance is 0.5
+    head = load_file(str(run_dir / "model" / "head.safetensors"))
+    assert set(head) == {"score.weight", "score.bias"}
+    assert json.loads((run_dir / "model" / "head_config.json").read_text())["num_labels"] == 2
+
+
+def test_head_refuses_labels_beyond_num_labels_before_starting_workers(tmp_path, local_ray):
+    rows = tmp_path / "labels.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"{i}", "label": i % 3}) + "\n" for i in range(64)))
+    code, run_dir, log = run(tmp_path, "labels", *HEAD, f"data.train.path={rows}", "data.eval=null",
+                             "training.eval_every_steps=null", "training.max_steps=2")
+    assert code != 0
+    assert "label 2" in log and "num_labels=2" in log
