@@ -155,7 +155,7 @@ def bnb_config(method: MethodSpec):
 
 def freeze_early_layers(model, trainable_layers: int, train_embeddings: bool):
     """Train the last N decoder blocks, the final norm and the output head; freeze the rest."""
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     if trainable_layers > len(layers):
         raise ModelError(f"method.freeze.trainable_layers={trainable_layers} but the model has only "
                          f"{len(layers)} blocks; use at most {len(layers)}")
@@ -174,8 +174,8 @@ def freeze_early_layers(model, trainable_layers: int, train_embeddings: bool):
     return model
 
 
-def _decoder_layers(model):
-    decoder = model.get_decoder()
+def decoder_layers(model):
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
     if layers is None:
         raise ModelError(f"cannot find the transformer blocks of {type(model).__name__} to freeze")

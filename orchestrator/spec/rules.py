@@ -186,9 +186,6 @@ NOT_YET_AVAILABLE = "is not available in this version of ftctl"
 
 def available_in_this_version(spec: JobSpec) -> list[Problem]:
     problems = []
-    if spec.resources.strategy == "fsdp":
-        problems.append(Problem("resources.strategy", f"strategy 'fsdp' {NOT_YET_AVAILABLE}",
-                                "use ddp, or deepspeed with zero_stage 3 to shard parameters"))
     if spec.merge.enabled:
         problems.append(Problem("merge.enabled", f"merging after training {NOT_YET_AVAILABLE}", "set merge.enabled: false"))
     f = spec.forgetting

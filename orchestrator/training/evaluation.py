@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from orchestrator.data.pipeline import collate
 from orchestrator.forgetting.exact_match import greedy_exact_match
+from orchestrator.training.strategies import gathered_params
 
 IGNORE = -100
 
@@ -102,7 +103,8 @@ def evaluate_forgetting(accelerator, model, tasks: list[dict[str, Any]], tokeniz
         metric = task["metric"]
         if metric == "exact_match":
             rows = task["rows"][rank::world]
-            correct = greedy_exact_match(unwrapped, tokenizer, rows) * len(rows) if rows else 0.0
+            with gathered_params(unwrapped):
+                correct = greedy_exact_match(unwrapped, tokenizer, rows) * len(rows) if rows else 0.0
             total_correct, total = (_sum_across_ranks([correct, float(len(rows))], accelerator.device)
                                     if shard else (correct, float(len(rows))))
             out[task["name"]] = total_correct / max(total, 1.0)

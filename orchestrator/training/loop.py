@@ -28,7 +28,9 @@ from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
 from orchestrator.training.evaluation import evaluate_forgetting, evaluate_target, packed_or_padded_inputs
 from orchestrator.training.schedule import lr_lambda
-from orchestrator.training.strategies import build_accelerator, uses_deepspeed
+from orchestrator.training.strategies import (
+    build_accelerator, full_state_dict, shard_with_fsdp, uses_deepspeed, uses_fsdp,
+)
 
 IGNORE = -100
 
@@ -52,6 +54,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # ---- model, optimizer, schedule ------------------------------------------------
     model, params = build_model(spec, config["model_dir"], on_gpu)
+    fsdp = uses_fsdp(spec)
+    if fsdp:  # FSDP2 must shard before the optimizer sees the parameters
+        model = shard_with_fsdp(model, spec, on_gpu)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     train_set = load_prepared(Path(config["train_cache"]))
@@ -61,11 +66,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer, lambda s: lr_lambda(s, t.warmup_steps, total_steps, t.lr_schedule))
     # The scheduler stays outside `prepare`: Accelerate would step it once per process per
     # call, running the schedule `world` times too fast.
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if fsdp:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     if deepspeed and getattr(model, "dp_world_size", world) != world:
         raise RuntimeError(f"DeepSpeed trains over {model.dp_world_size} ranks but the process group has {world}")
-    # ZeRO-3 needs every rank in every forward pass, so evaluation is not sharded there.
-    shard_eval = not (deepspeed and (r.zero_stage or 2) == 3)
+    # ZeRO-3 and FSDP need every rank in every forward pass, so evaluation is not sharded there.
+    shard_eval = not fsdp and not (deepspeed and (r.zero_stage or 2) == 3)
     tokenizer = load_tokenizer(config["model_dir"], spec.model)
     pad_id = int(tokenizer.pad_token_id)
 
@@ -104,7 +112,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_sum = 0.0
         for k, batch in enumerate(batches):
             batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-            sync = k == len(batches) - 1 or deepspeed  # DeepSpeed handles accumulation itself
+            # DeepSpeed handles accumulation itself; FSDP2 reduces every micro-batch.
+            sync = k == len(batches) - 1 or deepspeed or fsdp
             with (accelerator.no_sync(model) if not sync else _nullcontext()):
                 token_loss = _loss_sum(model, batch)
                 # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
@@ -116,6 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         grad_norm = None
         if t.max_grad_norm is not None:
             norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm)  # DeepSpeed: clipped in its step
+            if hasattr(norm, "full_tensor"):  # FSDP2: a sharded DTensor
+                norm = norm.full_tensor()
             grad_norm = float(norm) if norm is not None else None
         optimizer.step()
         scheduler.step()
@@ -261,11 +272,6 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _full_state(accelerator, model) -> dict[str, torch.Tensor]:
-    """The whole state dict, gathered where it is sharded (ZeRO-3). Every rank must call this."""
-    return accelerator.get_state_dict(model)
-
-
 def _trainable_state(accelerator, model, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     unwrapped = accelerator.unwrap_model(model)
     names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
@@ -277,12 +283,12 @@ def _save_checkpoint(checkpoints: Path, state, accelerator, model, optimizer, sc
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     staging = staging_dir(checkpoints, state["step"])
-    full = _full_state(accelerator, model)
+    full = full_state_dict(accelerator, model, spec)
     if rank == 0:
         staging.mkdir(parents=True, exist_ok=True)
         save_file(_trainable_state(accelerator, model, full), str(staging / "trainable.safetensors"))
-        if not uses_deepspeed(spec):
-            # DeepSpeed's partitioned optimizer state is not saved yet (see README).
+        if spec.resources.strategy == "ddp":
+            # Partitioned optimizer state (DeepSpeed, FSDP) is not saved yet (see README).
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         _write_json(staging / "trainer_state.json", {**state, "world_size": dist.get_world_size() if dist.is_initialized() else 1})
@@ -319,8 +325,8 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, rank:
     if missing.unexpected_keys:
         raise RuntimeError(f"checkpoint {path.name} holds weights this model does not have: {missing.unexpected_keys[:3]}")
     if not (path / "optimizer.pt").is_file():
-        raise RuntimeError(f"checkpoint {path.name} has no optimizer state (DeepSpeed checkpoints do not carry it "
-                           f"yet), so it cannot be resumed exactly; start fresh with checkpoint.resume=never")
+        raise RuntimeError(f"checkpoint {path.name} has no optimizer state (DeepSpeed and FSDP checkpoints do not "
+                           f"carry it yet), so it cannot be resumed exactly; start fresh with checkpoint.resume=never")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-rank{rank:05d}.pt"
@@ -339,7 +345,7 @@ def _as_python_state(value):
 
 def _save_artifact(run_dir: Path, spec: JobSpec, accelerator, model) -> None:
     accelerator.wait_for_everyone()
-    full = _full_state(accelerator, model)
+    full = full_state_dict(accelerator, model, spec)
     if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         unwrapped = accelerator.unwrap_model(model)
         target = run_dir / ("adapter" if spec.method.kind in ("lora", "qlora") else "model")

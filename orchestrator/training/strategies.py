@@ -55,3 +55,62 @@ def build_accelerator(spec: JobSpec, on_gpu: bool):
 
 def uses_deepspeed(spec: JobSpec) -> bool:
     return spec.resources.strategy == "deepspeed"
+
+
+def uses_fsdp(spec: JobSpec) -> bool:
+    return spec.resources.strategy == "fsdp"
+
+
+def shard_with_fsdp(model, spec: JobSpec, on_gpu: bool):
+    """torch FSDP2: shard each transformer block, then the root (embeddings, norm, head).
+
+    Applied by hand rather than through Accelerate, whose FSDP plugin is ignored on CPU
+    (it would silently fall back to a DDP replica per worker)."""
+    import torch
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    from orchestrator.models.build import decoder_layers
+
+    kwargs = {}
+    if spec.training.precision == "bf16":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if spec.resources.offload == "all" and on_gpu:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for block in decoder_layers(model):
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+class gathered_params:
+    """Context in which an FSDP2 root's own parameters are unsharded, for `generate`, which
+    calls the inner model and so skips the root's pre-forward hook. A no-op otherwise."""
+
+    def __init__(self, model):
+        self.model = model if hasattr(model, "unshard") and hasattr(model, "reshard") else None
+
+    def __enter__(self):
+        if self.model is not None:
+            import torch
+
+            # FSDP2 initialises lazily on the root's first forward; one token is enough.
+            with torch.no_grad():
+                device = next(self.model.parameters()).device
+                self.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))
+            self.model.unshard()
+        return self
+
+    def __exit__(self, *exc):
+        if self.model is not None:
+            self.model.reshard()
+        return False
+
+
+def full_state_dict(accelerator, model, spec: JobSpec) -> dict:
+    """The whole state dict, gathered where it is sharded (ZeRO-3, FSDP). Every rank must
+    call this; with FSDP only rank 0 receives the tensors."""
+    if uses_fsdp(spec):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return accelerator.get_state_dict(model)

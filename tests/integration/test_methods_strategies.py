@@ -18,21 +18,23 @@ def losses(run_dir: Path) -> list[float]:
     return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_lora_with_deepspeed_zero2_and_zero3_takes_the_same_steps_as_ddp(tmp_path, local_ray):
+def test_lora_with_fsdp_and_deepspeed_zero2_zero3_takes_the_same_steps_as_ddp(tmp_path, local_ray):
     common = [*SHORT, "training.max_steps=8"]
     code, ddp, log = run(tmp_path, "ddp", *common)
     assert code == 0, log
-    for stage in (2, 3):
-        code, ds, log = run(tmp_path, f"zero{stage}", *common, "resources.strategy=deepspeed",
-                            f"resources.zero_stage={stage}")
+    sharded = {"zero2": ["resources.strategy=deepspeed", "resources.zero_stage=2"],
+               "zero3": ["resources.strategy=deepspeed", "resources.zero_stage=3"],
+               "fsdp": ["resources.strategy=fsdp"]}
+    for name, overrides in sharded.items():
+        code, other, log = run(tmp_path, name, *common, *overrides)
         assert code == 0, log
-        assert json.loads((ds / "summary.json").read_text())["world_size"] == 2
-        assert losses(ds) == pytest.approx(losses(ddp), abs=1e-4), f"ZeRO-{stage}"
-        a = load_file(str(ds / "adapter" / "adapter_model.safetensors"))
+        assert json.loads((other / "summary.json").read_text())["world_size"] == 2
+        assert losses(other) == pytest.approx(losses(ddp), abs=1e-4), name
+        a = load_file(str(other / "adapter" / "adapter_model.safetensors"))
         b = load_file(str(ddp / "adapter" / "adapter_model.safetensors"))
         assert a.keys() == b.keys() and len(a) > 0
-        for name in a:
-            assert (a[name] - b[name]).abs().max() < 1e-4, f"ZeRO-{stage}: {name}"
+        for key in a:
+            assert (a[key] - b[key]).abs().max() < 1e-4, f"{name}: {key}"
 
 
 def test_qlora_with_ddp_trains_adapters_over_a_4bit_base(tmp_path, local_ray):
