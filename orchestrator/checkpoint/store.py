@@ -8,13 +8,14 @@ place, so a crash never leaves a checkpoint that looks complete but is not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestrator.digest import sha256_file
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -38,14 +39,6 @@ def step_dir_name(step: int) -> str:
 def staging_dir(checkpoints: Path, step: int) -> Path:
     """Where the ranks write a checkpoint before it is committed."""
     return checkpoints / f".tmp-{step_dir_name(step)}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int | None = None) -> Path:

@@ -9,7 +9,6 @@ its problem, so the caller decides between stopping and skipping.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from orchestrator.data.demo import ensure_demo_file
 from orchestrator.data.errors import DataError
+from orchestrator.digest import sha256_file
 from orchestrator.spec.paths import DATA_SUFFIXES, locate_data
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def _open_file(name: str, path: Path) -> OpenedSource:
             f"{name} has the unsupported suffix {path.suffix or '(none)'!r}; convert it to "
             f"one of {', '.join(DATA_SUFFIXES)}"
         )
-    return OpenedSource(name=name, content_id=f"file:{_sha256_file(path)}",
+    return OpenedSource(name=name, content_id=f"file:{sha256_file(path)}",
                         read_rows=lambda: _with_file_errors(name, reader(path)))
 
 
@@ -97,14 +97,6 @@ def _with_file_errors(name: str, rows: Iterator[SourceRow]) -> Iterator[SourceRo
     except (OSError, ValueError, csv.Error) as exc:
         raise DataError(f"{name} could not be read: {exc}; check that the file is complete "
                         "and in the format its suffix says") from exc
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _parse_object(text: str) -> tuple[dict[str, Any] | None, str | None]:

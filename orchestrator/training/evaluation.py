@@ -42,25 +42,32 @@ def _rank_world(shard: bool) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True) -> float:
-    """Mean token loss over `dataset`; each rank takes every world-th example when sharded."""
+def _eval_batches(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool):
+    """This rank's evaluation batches, on device, with the model in eval mode and no grad."""
     rank, world = _rank_world(shard)
     indices = list(range(rank, len(dataset), world))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(indices), batch_size):
+                batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
+                yield {k: v.to(accelerator.device) for k, v in batch.items()}
+    finally:
+        model.train(was_training)
+
+
+def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True) -> float:
+    """Mean token loss over `dataset`; each rank takes every world-th example when sharded."""
     unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
     loss_sum, tokens = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(indices), batch_size):
-            batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            kwargs = packed_or_padded_inputs(batch, next(unwrapped.parameters()).dtype)
-            logits = unwrapped(**kwargs).logits[:, :-1, :].float()
-            labels = batch["labels"][:, 1:]
-            loss_sum += float(torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"))
-            tokens += int((labels != IGNORE).sum())
-    unwrapped.train(was_training)
+    for batch in _eval_batches(accelerator, unwrapped, dataset, pad_id, batch_size, shard):
+        kwargs = packed_or_padded_inputs(batch, next(unwrapped.parameters()).dtype)
+        logits = unwrapped(**kwargs).logits[:, :-1, :].float()
+        labels = batch["labels"][:, 1:]
+        loss_sum += float(torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"))
+        tokens += int((labels != IGNORE).sum())
     if shard:
         loss_sum, tokens = _sum_across_ranks([loss_sum, float(tokens)], accelerator.device)
     return loss_sum / max(tokens, 1.0)
@@ -70,21 +77,14 @@ def evaluate_target(accelerator, model, dataset, pad_id: int, batch_size: int, s
     """Metrics on data.eval: eval_loss, plus eval_accuracy for a classification head."""
     if "label" not in dataset.column_names:
         return {"eval_loss": evaluate_loss(accelerator, model, dataset, pad_id, batch_size, shard)}
-    rank, world = _rank_world(shard)
-    indices = list(range(rank, len(dataset), world))
     unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
-    loss_sum, correct = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(indices), batch_size):
-            batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum"))
-            correct += int((logits.argmax(-1) == batch["label"]).sum())
-    unwrapped.train(was_training)
-    totals = [loss_sum, float(correct), float(len(indices))]
+    loss_sum, correct, count = 0.0, 0, 0
+    for batch in _eval_batches(accelerator, unwrapped, dataset, pad_id, batch_size, shard):
+        logits = unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum"))
+        correct += int((logits.argmax(-1) == batch["label"]).sum())
+        count += int(batch["label"].numel())
+    totals = [loss_sum, float(correct), float(count)]
     if shard:
         totals = _sum_across_ranks(totals, accelerator.device)
     n = max(totals[2], 1.0)
