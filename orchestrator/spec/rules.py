@@ -192,9 +192,6 @@ def available_in_this_version(spec: JobSpec) -> list[Problem]:
     if f.max_drop is not None or any(t.max_drop is not None for t in f.tasks) or f.action != "warn":
         problems.append(Problem("forgetting", f"forgetting gates (max_drop, action stop/rollback) {NOT_YET_AVAILABLE}; "
                                               "forgetting is measured and reported only", "remove max_drop and action"))
-    if spec.tracking.mlflow:
-        problems.append(Problem("tracking.mlflow", f"MLflow tracking {NOT_YET_AVAILABLE}; metrics.jsonl is always written",
-                                "set tracking.mlflow: false (tracking.tensorboard works)"))
     return problems
 
 

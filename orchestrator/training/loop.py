@@ -87,7 +87,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_set = load_prepared(Path(config["eval_cache"])) if config.get("eval_cache") else None
     forgetting_tasks = config.get("forgetting", [])
     log = _MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, truncate=resume_from is None,
-                      tensorboard_dir=run_dir / "tensorboard" if spec.tracking.tensorboard else None)
+                      tensorboard_dir=run_dir / "tensorboard" if spec.tracking.tensorboard else None,
+                      mlflow=_mlflow_run(spec, config, run_dir) if spec.tracking.mlflow and rank == 0 else None)
     if rank == 0:
         _write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
                                                       "params": {"trainable": params.trainable, "total": params.total},
@@ -238,8 +239,8 @@ class _MetricsLog:
     """metrics.jsonl: one JSON object per logged step, appended and flushed (rank 0 only);
     the same scalars go to TensorBoard when tracking.tensorboard is on."""
 
-    def __init__(self, path: Path, enabled: bool, truncate: bool, tensorboard_dir: Path | None = None):
-        self.path, self.enabled, self.last_loss = path, enabled, None
+    def __init__(self, path: Path, enabled: bool, truncate: bool, tensorboard_dir: Path | None = None, mlflow=None):
+        self.path, self.enabled, self.last_loss, self.mlflow = path, enabled, None, mlflow
         self.tensorboard = None
         if enabled and truncate:
             path.write_text("")
@@ -260,10 +261,40 @@ class _MetricsLog:
                     if key != "step" and isinstance(value, (int, float)):
                         self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
                 self.tensorboard.flush()
+            if self.mlflow is not None:
+                numbers = {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+                self.mlflow.log_metrics(numbers, step=record["step"])
 
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+def _mlflow_run(spec: JobSpec, config: dict[str, Any], run_dir: Path):
+    """Start an MLflow run on rank 0 with the resolved spec as flat params; returns the module."""
+    uri = config["mlflow_tracking_uri"]
+    if uri.startswith("file:"):
+        # MLflow keeps the local file store working but asks for an explicit opt-in.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(spec.tracking.experiment or spec.name)
+    mlflow.start_run(run_name=run_dir.name)
+    flat = _flatten(spec.model_dump(mode="json"))
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    return mlflow
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -35,6 +35,17 @@ def spec_hash(spec: JobSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def mlflow_tracking_uri(spec: JobSpec) -> str:
+    """tracking.mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else ./mlruns made absolute
+    (workers run in other directories)."""
+    uri = spec.tracking.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return (Path("mlruns").resolve()).as_uri()
+    if "://" not in uri and not uri.startswith("file:"):
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
 def default_run_dir(spec: JobSpec) -> Path:
     return Path("runs") / f"{spec.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -102,6 +113,7 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
     return {
         "spec": spec.model_dump(mode="json"),
         "spec_hash": spec_hash(spec),
+        "mlflow_tracking_uri": mlflow_tracking_uri(spec),
         "run_dir": str(run_dir),
         "model_dir": str(model_dir),
         "train_cache": str(train.cache_dir),

@@ -27,6 +27,7 @@ def run(tmp_path: Path, name: str, *overrides: str) -> tuple[int, Path, str]:
 def test_quickstart_writes_the_run_dir_contract_and_learns(tmp_path, local_ray):
     code, run_dir, log = run(tmp_path, "quick", "training.max_steps=40", "checkpoint.every_steps=20",
                              "training.eval_every_steps=20", "training.log_every_steps=1", "tracking.tensorboard=true",
+                             "tracking.mlflow=true", f"tracking.mlflow_tracking_uri={tmp_path / 'mlruns'}",
                              *[f"forgetting.tasks.{i}.max_examples=40" for i in range(4)])
     assert code == 0, log
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -55,6 +56,16 @@ def test_quickstart_writes_the_run_dir_contract_and_learns(tmp_path, local_ray):
     assert "forgetting" in log and "arithmetic" in log
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+    import os
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert len(runs) == 1 and runs[0].data.params["method.kind"] == "lora"
+    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 41))
 
 
 def test_two_workers_take_the_same_steps_as_one_worker_with_double_batch(tmp_path, local_ray):
