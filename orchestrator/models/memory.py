@@ -300,7 +300,7 @@ def load_dtype_bytes(spec: JobSpec) -> int:
 def estimate_memory(spec: JobSpec, shape: ModelShape, gpu_memory_gib: float | None = None) -> MemoryEstimate:
     """Per-worker memory of `spec` on a model of `shape`; `gpu_memory_gib` is memory per GPU
     (per worker RAM for CPU workers). Without it, `fits` is None."""
-    m, t, r = spec.method, spec.training, spec.resources
+    m, r = spec.method, spec.resources
     on_gpu = r.gpus_per_worker > 0
     notes: list[str] = []
     h, v = shape.hidden_size, shape.vocab_size

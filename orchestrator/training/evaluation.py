@@ -8,11 +8,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from orchestrator.data.formats import IGNORE_INDEX as IGNORE
 from orchestrator.data.pipeline import collate
 from orchestrator.forgetting.exact_match import greedy_exact_match
 from orchestrator.training.strategies import gathered_params
-
-IGNORE = -100
 
 
 def packed_or_padded_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -23,6 +22,24 @@ def packed_or_padded_inputs(batch: dict[str, torch.Tensor], dtype: torch.dtype =
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
             "attention_mask": block_causal_mask(batch["position_ids"], dtype)}
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token loss over the batch's label tokens (training and evaluation alike)."""
+    kwargs = packed_or_padded_inputs(batch, next(model.parameters()).dtype)
+    logits = model(**kwargs).logits[:, :-1, :].float()
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+
+
+def sum_across_ranks(values: list[float], device) -> list[float]:
+    """Element-wise sum over all ranks (float64); the values themselves without a group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -62,14 +79,10 @@ def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int, sha
     unwrapped = accelerator.unwrap_model(model)
     loss_sum, tokens = 0.0, 0
     for batch in _eval_batches(accelerator, unwrapped, dataset, pad_id, batch_size, shard):
-        kwargs = packed_or_padded_inputs(batch, next(unwrapped.parameters()).dtype)
-        logits = unwrapped(**kwargs).logits[:, :-1, :].float()
-        labels = batch["labels"][:, 1:]
-        loss_sum += float(torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"))
-        tokens += int((labels != IGNORE).sum())
+        loss_sum += float(token_loss_sum(unwrapped, batch))
+        tokens += int((batch["labels"][:, 1:] != IGNORE).sum())
     if shard:
-        loss_sum, tokens = _sum_across_ranks([loss_sum, float(tokens)], accelerator.device)
+        loss_sum, tokens = sum_across_ranks([loss_sum, float(tokens)], accelerator.device)
     return loss_sum / max(tokens, 1.0)
 
 
@@ -86,7 +99,7 @@ def evaluate_target(accelerator, model, dataset, pad_id: int, batch_size: int, s
         count += int(batch["label"].numel())
     totals = [loss_sum, float(correct), float(count)]
     if shard:
-        totals = _sum_across_ranks(totals, accelerator.device)
+        totals = sum_across_ranks(totals, accelerator.device)
     n = max(totals[2], 1.0)
     return {"eval_loss": totals[0] / n, "eval_accuracy": totals[1] / n}
 
@@ -105,18 +118,10 @@ def evaluate_forgetting(accelerator, model, tasks: list[dict[str, Any]], tokeniz
             rows = task["rows"][rank::world]
             with gathered_params(unwrapped):
                 correct = greedy_exact_match(unwrapped, tokenizer, rows) * len(rows) if rows else 0.0
-            total_correct, total = (_sum_across_ranks([correct, float(len(rows))], accelerator.device)
+            total_correct, total = (sum_across_ranks([correct, float(len(rows))], accelerator.device)
                                     if shard else (correct, float(len(rows))))
             out[task["name"]] = total_correct / max(total, 1.0)
         else:
             loss = evaluate_loss(accelerator, model, load_prepared(task["cache_dir"]), pad_id, 32, shard)
             out[task["name"]] = loss if metric == "loss" else math.exp(min(loss, 50.0))
     return out
-
-
-def _sum_across_ranks(values: list[float], device) -> list[float]:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()

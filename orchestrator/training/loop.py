@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 import os
 import random
 import time
@@ -26,13 +27,12 @@ from orchestrator.data.pipeline import collate, load_prepared
 from orchestrator.data.sampling import BatchPlan
 from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
-from orchestrator.training.evaluation import evaluate_forgetting, evaluate_target, packed_or_padded_inputs
+from orchestrator.data.formats import IGNORE_INDEX as IGNORE
+from orchestrator.training.evaluation import evaluate_forgetting, evaluate_target, sum_across_ranks, token_loss_sum
 from orchestrator.training.schedule import lr_lambda
 from orchestrator.training.strategies import (
     build_accelerator, full_state_dict, shard_with_fsdp, uses_deepspeed, uses_fsdp,
 )
-
-IGNORE = -100
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -50,7 +50,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if not deepspeed and accelerator.num_processes != world:
         raise RuntimeError(f"Accelerate sees {accelerator.num_processes} processes but the process group has "
                            f"{world}; refusing to train unsynchronised replicas")
-    _seed_everything(t.seed, rank)
+    _seed_everything(t.seed)
 
     # ---- model, optimizer, schedule ------------------------------------------------
     model, params = build_model(spec, config["model_dir"], on_gpu)
@@ -115,7 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batch = {key: v.to(accelerator.device) for key, v in batch.items()}
             # DeepSpeed handles accumulation itself; FSDP2 reduces every micro-batch.
             sync = k == len(batches) - 1 or deepspeed or fsdp
-            with (accelerator.no_sync(model) if not sync else _nullcontext()):
+            with (accelerator.no_sync(model) if not sync else nullcontext()):
                 token_loss = _loss_sum(model, batch)
                 # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
                 # also divides by its accumulation steps, hence that factor.
@@ -196,26 +196,14 @@ def _loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "label" in batch:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
         return torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum")
-    return _token_loss_sum(model, batch)
-
-
-def _token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    kwargs = packed_or_padded_inputs(batch, next(model.parameters()).dtype)
-    logits = model(**kwargs).logits[:, :-1, :].float()
-    labels = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return token_loss_sum(model, batch)
 
 
 def _all_reduce_sum(value: float, device) -> float:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item())
+    return sum_across_ranks([float(value)], device)[0]
 
 
-def _seed_everything(seed: int, rank: int) -> None:
+def _seed_everything(seed: int) -> None:
     # Same seed on every rank: model init (and LoRA init) must match across replicas.
     random.seed(seed)
     torch.manual_seed(seed)
@@ -225,14 +213,6 @@ def _seed_everything(seed: int, rank: int) -> None:
         np.random.seed(seed % 2**32)
     except ImportError:
         pass
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _MetricsLog:

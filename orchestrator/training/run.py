@@ -66,7 +66,7 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
         _write_summary(run_dir, spec, {"status": "failed", "error": str(err)}, started)
         console.print(f"[red]✗ job failed:[/red] {err}")
         return EXIT_FAILED
-    summary = finish_job(spec, run_dir, result, started, console)
+    summary = finish_job(spec, run_dir, result, started, console, config["model_dir"])
     return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
 
 
@@ -252,14 +252,17 @@ def _failure_cause(exc: Exception) -> str:
 # ----------------------------------------------------------------------------- finish
 
 
-def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: float, console: Console) -> dict[str, Any]:
+def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: float, console: Console,
+               model_dir: str) -> dict[str, Any]:
     from orchestrator.forgetting.report import build_forgetting_report, write_forgetting_report
+    from orchestrator.models.build import load_tokenizer
 
     artifacts = {"checkpoints": str(run_dir / "checkpoints"), "metrics": str(run_dir / "metrics.jsonl")}
     artifact = run_dir / ("adapter" if spec.method.kind in ("lora", "qlora") else "model")
     if artifact.is_dir():
         artifacts["adapter" if spec.method.kind in ("lora", "qlora") else "model"] = str(artifact)
-        _save_tokenizer(result, artifact, spec)
+        # The artifact loads on its own: tokenizer beside the weights.
+        load_tokenizer(model_dir, spec.model).save_pretrained(str(artifact))
     forgetting = None
     if result.get("forgetting_history"):
         report = build_forgetting_report(spec, result["forgetting_history"])
@@ -296,12 +299,6 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         console.print(f"  target task (data.eval) exact match: {base}{target['final']:.3f}")
     console.print(f"  run dir: {run_dir}")
     return summary
-
-
-def _save_tokenizer(result: dict[str, Any], artifact: Path, spec: JobSpec) -> None:
-    from orchestrator.models.build import load_tokenizer, resolve_model_dir
-
-    load_tokenizer(resolve_model_dir(spec.model), spec.model).save_pretrained(str(artifact))
 
 
 def _write_summary(run_dir: Path, spec: JobSpec, summary: dict[str, Any], started: float) -> None:
