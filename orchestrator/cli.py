@@ -37,7 +37,8 @@ def cmd_validate(job: Path, overrides: list[str]) -> int:
     return EXIT_OK
 
 
-def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str | None) -> int:
+def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str | None,
+            force_resume: bool = False) -> int:
     """Validate the job, then train it on Ray (embedded local Ray unless an address is given)."""
     from orchestrator.spec import SpecError, load_spec
 
@@ -48,7 +49,37 @@ def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str 
         return EXIT_INVALID
     from orchestrator.training.run import run_job
 
-    return run_job(spec, run_dir=run_dir, address=address, console=console)
+    return run_job(spec, run_dir=run_dir, address=address, console=console, force_resume=force_resume)
+
+
+def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: bool, address: str | None) -> int:
+    """Continue a stopped, preempted or failed run from its latest good checkpoint."""
+    import json
+
+    from orchestrator.checkpoint.compat import keep_global_batch
+    from orchestrator.checkpoint.store import latest_complete_checkpoint
+
+    job = run_dir / "job.yaml"
+    if not job.is_file():
+        err_console.print(f"[red]✗[/red] {run_dir} is not a run dir (no job.yaml); resume takes the dir `ftctl run` wrote")
+        return EXIT_INVALID
+    extra = ["checkpoint.resume=auto"]
+    if workers is not None:
+        info = latest_complete_checkpoint(run_dir / "checkpoints", warn=lambda _m: None)
+        if info is None:
+            err_console.print(f"[red]✗[/red] {run_dir} has no usable checkpoint to resume on {workers} worker(s)")
+            return EXIT_FAILED
+        saved = json.loads((info.path / "trainer_state.json").read_text())["spec"]
+        shape = keep_global_batch(saved, workers)
+        if shape is None:
+            err_console.print(f"[red]✗[/red] the saved global batch cannot be split over {workers} worker(s) with "
+                              f"per_device_batch_size {saved['training']['per_device_batch_size']}; set "
+                              f"resources.workers and training.* overrides yourself and pass --force")
+            return EXIT_INVALID
+        extra += [f"{k}={v}" for k, v in shape.items()]
+        console.print(f"keeping the global batch on {workers} worker(s): grad_accum_steps "
+                      f"{saved['training']['grad_accum_steps']} -> {shape['training.grad_accum_steps']}")
+    return cmd_run(job, extra + list(overrides), run_dir, address, force_resume=force)
 
 
 def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) -> int:
@@ -161,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
     p.add_argument("--run-dir", type=Path, default=None, help="output dir (default runs/<name>-<timestamp>)")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or embedded local Ray)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume even when the checkpoint was saved under a job that differs in ways that break exactness")
+
+    p = sub.add_parser("resume", help=cmd_resume.__doc__, description=cmd_resume.__doc__ + (
+        " Exit 0 when the job finishes, 75 when it is preempted again, 1 when it fails, 2 for an invalid job."))
+    p.add_argument("run_dir", type=Path, help="the run dir of the job")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
+    p.add_argument("--workers", type=int, default=None, help="resume a ddp job on this many workers, keeping the global "
+                                                             "batch by changing grad_accum_steps")
+    p.add_argument("--force", action="store_true", help="resume even when the job changed in ways that break exactness")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or embedded local Ray)")
 
     p = sub.add_parser("estimate", help=cmd_estimate.__doc__, description=cmd_estimate.__doc__ + (
         " Exit 0 when it fits (or no budget is known), 3 when it cannot fit, 2 for an invalid job,"
@@ -179,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": lambda a: cmd_validate(a.job, a.overrides),
-    "run": lambda a: cmd_run(a.job, a.overrides, a.run_dir, a.address),
+    "run": lambda a: cmd_run(a.job, a.overrides, a.run_dir, a.address, a.force_resume),
+    "resume": lambda a: cmd_resume(a.run_dir, a.overrides, a.workers, a.force, a.address),
     "estimate": lambda a: cmd_estimate(a.job, a.overrides, a.gpu_memory),
     "demo-data": lambda a: cmd_demo_data(a.out_dir),
     "build-base": lambda a: cmd_build_base(),

@@ -41,16 +41,17 @@ def staging_dir(checkpoints: Path, step: int) -> Path:
     return checkpoints / f".tmp-{step_dir_name(step)}"
 
 
-def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int | None = None) -> Path:
+def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int | None = None,
+                      metrics: dict[str, float] | None = None, best: Best | None = None) -> Path:
     """Fsync the staged files, write the manifest last, rename into place, apply retention."""
     files = {}
     for f in sorted(p for p in staging.rglob("*") if p.is_file()):
-        _fsync(f)
+        fsync_file(f)
         files[str(f.relative_to(staging))] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-    manifest = {"step": step, "spec_hash": spec_hash, "files": files}
+    manifest = {"step": step, "spec_hash": spec_hash, "metrics": metrics or {}, "files": files}
     tmp = staging / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, staging / MANIFEST)
     final = staging.parent / step_dir_name(step)
     if final.exists():  # a re-save of the same step (e.g. after a restart) replaces the old one
@@ -58,7 +59,7 @@ def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int |
     os.replace(staging, final)
     _fsync_dir(staging.parent)
     if keep_last is not None:
-        apply_retention(staging.parent, keep_last)
+        apply_retention(staging.parent, keep_last, best)
     return final
 
 
@@ -105,16 +106,42 @@ def latest_complete_checkpoint(checkpoints: Path, warn=print) -> CheckpointInfo 
     return None
 
 
-def apply_retention(checkpoints: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` checkpoints; returns what was deleted."""
+def apply_retention(checkpoints: Path, keep_last: int, best: Best | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints and, with `best`, the one with the
+    best value of that metric in its manifest; returns what was deleted."""
     found = list_checkpoints(checkpoints)
-    doomed = found[: max(0, len(found) - keep_last)]
+    keep = set(found[max(0, len(found) - keep_last):])
+    if best is not None:
+        chosen = best_checkpoint(found, best)
+        if chosen is not None:
+            keep.add(chosen)
+    doomed = [p for p in found if p not in keep]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
 
 
-def _fsync(path: Path) -> None:
+@dataclass(frozen=True)
+class Best:
+    """Which checkpoint is best: the metric recorded in manifests, and its direction."""
+
+    metric: str
+    mode: str  # "min" or "max"
+
+
+def best_checkpoint(paths: list[Path], best: Best) -> Path | None:
+    """The checkpoint whose manifest has the best value of the metric (the newest on ties)."""
+    scored = []
+    for path in paths:
+        try:
+            value = json.loads((path / MANIFEST).read_text())["metrics"][best.metric]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        scored.append((value if best.mode == "max" else -value, path.name, path))
+    return max(scored)[2] if scored else None
+
+
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -124,6 +151,6 @@ def _fsync(path: Path) -> None:
 
 def _fsync_dir(path: Path) -> None:
     try:
-        _fsync(path)
+        fsync_file(path)
     except OSError:  # some filesystems refuse fsync on directories; the rename still stands
         pass

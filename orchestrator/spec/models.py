@@ -282,7 +282,24 @@ class CheckpointSpec(Strict):
     or a path to a checkpoint directory."""
 
     max_failures: int = Field(0, ge=-1)
-    """Worker-group restarts Ray may do after a failure (-1: unlimited)."""
+    """Worker-group restarts Ray may do after a failure (-1: unlimited); each restart
+    resumes from the latest good checkpoint and is recorded in summary.json."""
+
+    sigterm_grace_s: float = Field(60.0, gt=0, le=3600)
+    """On SIGTERM (preemption): seconds allowed to finish the current step and commit a
+    checkpoint before the workers are stopped; the job then exits with code 75 (resume me)."""
+
+    best_metric: Literal["loss", "eval_loss", "eval_accuracy"] | None = None
+    """Also keep the checkpoint with the best value of this metric (measured at the
+    checkpoint's step), beside the keep_last newest."""
+
+    best_mode: Literal["min", "max"] | None = None
+    """Whether lower or higher best_metric is better (default: max for accuracy, else min)."""
+
+    storage: str | None = None
+    """Also mirror every committed checkpoint to this URI (s3://bucket/prefix, gs://...,
+    file:///path), uploaded in the background; a resume fetches from it when the run dir
+    has no usable checkpoint."""
 
 
 # ---------------------------------------------------------------------- forgetting

@@ -161,6 +161,39 @@ def checkpoint_resume_value(spec: JobSpec) -> list[Problem]:
     return []
 
 
+def checkpoint_best_measured(spec: JobSpec) -> list[Problem]:
+    """best_metric must be measured at every checkpoint it is compared on."""
+    c, t = spec.checkpoint, spec.training
+    problems = []
+    if c.best_mode is not None and c.best_metric is None:
+        problems.append(Problem("checkpoint.best_mode", "best_mode without best_metric does nothing",
+                                "set checkpoint.best_metric, or remove best_mode"))
+    if c.best_metric is None:
+        return problems
+    if c.best_metric.startswith("eval_"):
+        if spec.data.eval is None:
+            problems.append(Problem("checkpoint.best_metric", f"{c.best_metric} needs data.eval", "add data.eval or use loss"))
+        elif c.every_steps and (not t.eval_every_steps or c.every_steps % t.eval_every_steps):
+            problems.append(Problem("checkpoint.best_metric", f"{c.best_metric} is not measured at every checkpoint",
+                                    "make checkpoint.every_steps a multiple of training.eval_every_steps"))
+        if c.best_metric == "eval_accuracy" and spec.method.kind != "head":
+            problems.append(Problem("checkpoint.best_metric", "eval_accuracy exists only for classification heads",
+                                    "use eval_loss"))
+    elif c.every_steps and c.every_steps % t.log_every_steps:
+        problems.append(Problem("checkpoint.best_metric", "the training loss is not logged at every checkpoint",
+                                "make checkpoint.every_steps a multiple of training.log_every_steps"))
+    return problems
+
+
+def checkpoint_storage_usable(spec: JobSpec) -> list[Problem]:
+    if spec.checkpoint.storage is None:
+        return []
+    from orchestrator.checkpoint.remote import check_uri
+
+    problem = check_uri(spec.checkpoint.storage)
+    return [Problem("checkpoint.storage", problem, "use s3://, gs:// or file:// with its package installed")] if problem else []
+
+
 RULES: tuple[Rule, ...] = (
     method_blocks_match_kind,
     head_needs_labels,
@@ -171,6 +204,8 @@ RULES: tuple[Rule, ...] = (
     forgetting_tasks_consistent,
     merge_needs_adapter,
     checkpoint_resume_value,
+    checkpoint_best_measured,
+    checkpoint_storage_usable,
 )
 
 

@@ -15,6 +15,7 @@ import math
 from contextlib import nullcontext
 import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator.checkpoint.store import commit_checkpoint, latest_complete_checkpoint, staging_dir, verify_checkpoint
+from orchestrator.checkpoint.store import Best, latest_complete_checkpoint
+from orchestrator.checkpoint.writer import CheckpointWriter
 from orchestrator.data.pipeline import collate, load_prepared
-from orchestrator.data.sampling import BatchPlan
+from orchestrator.data.sampling import BatchPlan, DataPosition
 from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
 from orchestrator.data.formats import IGNORE_INDEX as IGNORE
+from orchestrator.training.checkpointing import load_training_state, save_training_state
 from orchestrator.training.evaluation import evaluate_forgetting, evaluate_target, sum_across_ranks, token_loss_sum
 from orchestrator.training.schedule import lr_lambda
 from orchestrator.training.strategies import (
     build_accelerator, full_state_dict, shard_with_fsdp, uses_deepspeed, uses_fsdp,
 )
+
+PREEMPT_FILE = "PREEMPT"  # written by the driver on SIGTERM; the workers save and stop
+ATTEMPTS_FILE = "attempts.jsonl"  # one line per start of the worker group (restarts included)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -77,36 +83,63 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(config["model_dir"], spec.model)
     pad_id = int(tokenizer.pad_token_id)
 
-    # ---- resume ----------------------------------------------------------------------
+    # ---- resume: the driver's choice, or after a restart the latest good checkpoint ----
     checkpoints = run_dir / "checkpoints"
-    state = {"step": 0, "samples": 0, "tokens": 0, "train_seconds": 0.0}
-    resume_from = _resume_target(spec, checkpoints, rank)
+    attempt, resume_from = _begin_attempt(config, checkpoints, rank)
+    state: dict[str, Any] = {"step": 0, "samples": 0, "tokens": 0, "train_seconds": 0.0,
+                             "position": DataPosition().as_dict(), "forgetting_history": [], "target_base": None}
     if resume_from is not None:
-        state = _load_checkpoint(resume_from, accelerator, model, optimizer, scheduler, rank)
+        state.update(load_training_state(resume_from, accelerator, model, optimizer, scheduler, spec))
+    position = DataPosition.from_dict(state["position"])
+    if rank == 0:
+        _record_attempt(run_dir, config, attempt, world, resume_from, state["step"])
+    best = Best(spec.checkpoint.best_metric, spec.checkpoint.best_mode or
+                ("max" if spec.checkpoint.best_metric == "eval_accuracy" else "min")) if spec.checkpoint.best_metric else None
+    mirror = None
+    if spec.checkpoint.storage and rank == 0:
+        from orchestrator.checkpoint.remote import Mirror
+
+        mirror = Mirror(spec.checkpoint.storage)
+    writer = CheckpointWriter(checkpoints, rank, world, attempt["id"], config["spec_hash"], spec.checkpoint.keep_last,
+                              best, mirror)
+    if rank == 0:
+        writer.remove_stale_staging()
 
     eval_set = load_prepared(Path(config["eval_cache"])) if config.get("eval_cache") else None
     forgetting_tasks = config.get("forgetting", [])
-    log = _MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, truncate=resume_from is None,
+    log = _MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, keep_through=state["step"],
                       tensorboard_dir=run_dir / "tensorboard" if spec.tracking.tensorboard else None,
                       mlflow=_mlflow_run(spec, config, run_dir) if spec.tracking.mlflow and rank == 0 else None)
     if rank == 0:
         _write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
                                                       "params": {"trainable": params.trainable, "total": params.total},
-                                                      "total_steps": total_steps})
+                                                      "total_steps": total_steps, "step": state["step"]})
     target = [config["target"]] if config.get("target") else []
     target_result: dict[str, float] = {}
     if target and resume_from is None:
-        target_result["base"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id, shard_eval)["target"]
-    forgetting_history: list[dict[str, Any]] = []
+        state["target_base"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id, shard_eval)["target"]
+    if state["target_base"] is not None:
+        target_result["base"] = state["target_base"]
+    forgetting_history: list[dict[str, Any]] = state["forgetting_history"]
     if forgetting_tasks and resume_from is None:
         forgetting_history.append({"step": 0, **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
+
+    def save(blocking: bool, metrics: dict[str, Any] | None = None) -> None:
+        trainer_state = {**state, "position": position.as_dict(), "world_size": world,
+                         "global_batch": plan.global_batch, "spec": config["spec"], "spec_hash": config["spec_hash"],
+                         "data_fingerprint": config["data"]["train_fingerprint"]}
+        numbers = {k: v for k, v in (metrics or {}).items() if k in ("loss", "eval_loss", "eval_accuracy")}
+        save_training_state(writer, state["step"], trainer_state, accelerator, model, optimizer, scheduler, spec,
+                            numbers, blocking)
 
     # ---- train ---------------------------------------------------------------------
     model.train()
     started = time.perf_counter() - state["train_seconds"]
+    preempted = False
     while state["step"] < total_steps:
-        epoch, step_in_epoch = plan.position(state["step"])
-        micro = plan.micro_batches(epoch, step_in_epoch, rank)
+        position = plan.normalise(position)
+        epoch = position.epoch
+        micro = plan.micro_batches_at(position, rank)
         batches = [collate([train_set[i] for i in idx], pad_id) for idx in micro]
         local_tokens = sum(_loss_units(b) for b in batches)
         global_tokens = _all_reduce_sum(local_tokens, accelerator.device)
@@ -135,8 +168,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         state["step"] += 1
         state["samples"] += plan.global_batch
-        state["tokens"] += int(_all_reduce_sum(sum(int(b["attention_mask"].sum()) for b in batches), accelerator.device))
-        step_loss = _all_reduce_sum(loss_sum, accelerator.device) / max(global_tokens, 1)
+        position = plan.advance(position)
+        # One all-reduce per step: loss, tokens, and whether the driver asked us to stop.
+        asked = rank == 0 and (run_dir / PREEMPT_FILE).exists()
+        step_loss, step_tokens, stop = sum_across_ranks(
+            [loss_sum, sum(int(b["attention_mask"].sum()) for b in batches), float(asked)], accelerator.device)
+        step_loss /= max(global_tokens, 1)
+        state["tokens"] += int(step_tokens)
         elapsed = time.perf_counter() - started
         state["train_seconds"] = elapsed
         record: dict[str, Any] = {}
@@ -155,12 +193,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                        **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
         if record:
             log.write(record)
+        if stop:  # preemption: commit this step now, within the driver's grace period
+            save(blocking=True, metrics=record)
+            preempted = True
+            break
         every = spec.checkpoint.every_steps
         if every and state["step"] % every == 0 and state["step"] < total_steps:
-            _save_checkpoint(checkpoints, state, accelerator, model, optimizer, scheduler, config, spec)
+            save(blocking=False, metrics=record)
+
+    if preempted:
+        writer.wait()
+        if mirror is not None:
+            mirror.close()
+        if rank == 0:
+            _write_json(run_dir / "worker_result.json", {"preempted": True, "world_size": world, "steps": state["step"],
+                                                          "checkpoint": str(writer.committed[-1])})
+        log.close()
+        accelerator.wait_for_everyone()
+        return
 
     # ---- finish: final checkpoint, artifacts, evaluations ------------------------------
-    _save_checkpoint(checkpoints, state, accelerator, model, optimizer, scheduler, config, spec)
+    save(blocking=True, metrics={"loss": log.last_loss} if log.last_loss is not None else None)
+    mirror_errors = writer.mirror_errors + (mirror.wait() if mirror is not None else [])
     final: dict[str, Any] = {"step": state["step"]}
     if eval_set is not None:
         final.update(evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval))
@@ -177,7 +231,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "params": {"trainable": params.trainable, "total": params.total},
             "resumed_from": str(resume_from) if resume_from else None,
             "target": target_result or None,
+            "checkpoint": str(writer.committed[-1]) if writer.committed else None,
+            "mirror_errors": mirror_errors,
         })
+    if mirror is not None:
+        mirror.close()
     log.close()
     accelerator.wait_for_everyone()
 
@@ -219,11 +277,25 @@ class _MetricsLog:
     """metrics.jsonl: one JSON object per logged step, appended and flushed (rank 0 only);
     the same scalars go to TensorBoard when tracking.tensorboard is on."""
 
-    def __init__(self, path: Path, enabled: bool, truncate: bool, tensorboard_dir: Path | None = None, mlflow=None):
+    def __init__(self, path: Path, enabled: bool, keep_through: int, tensorboard_dir: Path | None = None, mlflow=None):
+        """keep_through: the step training continues after; later records (written before a
+        failure, and about to be redone) are dropped, so each step appears once."""
         self.path, self.enabled, self.last_loss, self.mlflow = path, enabled, None, mlflow
         self.tensorboard = None
-        if enabled and truncate:
-            path.write_text("")
+        if enabled:
+            kept = []
+            if keep_through > 0 and path.is_file():
+                for line in path.read_text().splitlines():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a line cut short by the failure
+                        continue
+                    if record.get("step", 0) <= keep_through:
+                        kept.append(line + "\n")
+                        self.last_loss = record.get("loss", self.last_loss)
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
         if enabled and tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -283,75 +355,38 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _trainable_state(accelerator, model, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    unwrapped = accelerator.unwrap_model(model)
-    names = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-    return {n: t.detach().cpu().contiguous() for n, t in full.items() if n in names}
-
-
-def _save_checkpoint(checkpoints: Path, state, accelerator, model, optimizer, scheduler, config, spec: JobSpec) -> None:
-    from safetensors.torch import save_file
-
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    staging = staging_dir(checkpoints, state["step"])
-    full = full_state_dict(accelerator, model, spec)
+def _begin_attempt(config: dict[str, Any], checkpoints: Path, rank: int) -> tuple[dict[str, Any], Path | None]:
+    """Which start of the worker group this is, and what it resumes from. The first start
+    resumes from the driver's choice; a restart after a failure from the latest good
+    checkpoint. Rank 0 decides and broadcasts, so every rank loads the same one."""
+    decision: list[Any] = [None]
     if rank == 0:
-        staging.mkdir(parents=True, exist_ok=True)
-        save_file(_trainable_state(accelerator, model, full), str(staging / "trainable.safetensors"))
-        if spec.resources.strategy == "ddp":
-            # Partitioned optimizer state (DeepSpeed, FSDP) is not saved yet (see README).
-            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        _write_json(staging / "trainer_state.json", {**state, "world_size": dist.get_world_size() if dist.is_initialized() else 1})
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), staging / f"rng-rank{rank:05d}.pt")
-    accelerator.wait_for_everyone()
-    if rank == 0:
-        commit_checkpoint(staging, state["step"], config["spec_hash"], keep_last=spec.checkpoint.keep_last)
-    accelerator.wait_for_everyone()
+        log = Path(config["run_dir"]) / ATTEMPTS_FILE
+        earlier = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        number = sum(1 for e in earlier if e.get("job") == config["job_token"])
+        resume = config.get("resume_from")
+        if number > 0:
+            info = latest_complete_checkpoint(checkpoints)
+            resume = str(info.path) if info else resume
+        decision[0] = ({"id": f"{config['job_token']}-{number}", "number": number}, resume)
+    if dist.is_initialized():
+        dist.broadcast_object_list(decision, src=0)
+    attempt, resume = decision[0]
+    # Where each rank runs, for operators (and the fault-injection tests).
+    workers = Path(config["run_dir"]) / "workers"
+    workers.mkdir(exist_ok=True)
+    _write_json(workers / f"rank-{rank:05d}.json", {"pid": os.getpid(), "host": socket.gethostname(),
+                                                     "attempt": attempt["number"]})
+    return attempt, Path(resume) if resume else None
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _resume_target(spec: JobSpec, checkpoints: Path, rank: int) -> Path | None:
-    value = spec.checkpoint.resume
-    if value == "never":
-        return None
-    if value == "auto":
-        info = latest_complete_checkpoint(checkpoints, warn=print if rank == 0 else (lambda _m: None))
-        return info.path if info else None
-    return verify_checkpoint(Path(value)).path
-
-
-def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, rank: int) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "trainable.safetensors"))
-    missing = accelerator.unwrap_model(model).load_state_dict(weights, strict=False)
-    if missing.unexpected_keys:
-        raise RuntimeError(f"checkpoint {path.name} holds weights this model does not have: {missing.unexpected_keys[:3]}")
-    if not (path / "optimizer.pt").is_file():
-        raise RuntimeError(f"checkpoint {path.name} has no optimizer state (DeepSpeed and FSDP checkpoints do not "
-                           f"carry it yet), so it cannot be resumed exactly; start fresh with checkpoint.resume=never")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_file = path / f"rng-rank{rank:05d}.pt"
-    if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=True)
-        random.setstate(_as_python_state(rng["python"]))
-        torch.set_rng_state(rng["torch"])
-    state = json.loads((path / "trainer_state.json").read_text())
-    return {k: state[k] for k in ("step", "samples", "tokens", "train_seconds")}
-
-
-def _as_python_state(value):
-    # torch.save turns the tuple from random.getstate() into lists on some paths.
-    return (value[0], tuple(value[1]), value[2])
+def _record_attempt(run_dir: Path, config: dict[str, Any], attempt: dict[str, Any], world: int,
+                    resume_from: Path | None, step: int) -> None:
+    entry = {"job": config["job_token"], "attempt": attempt["number"], "started_at": time.time(), "world_size": world,
+             "resumed_from": str(resume_from) if resume_from else None, "resumed_step": step if resume_from else None,
+             "pid": os.getpid()}
+    with open(run_dir / ATTEMPTS_FILE, "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def _save_artifact(run_dir: Path, spec: JobSpec, accelerator, model) -> None:

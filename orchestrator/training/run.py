@@ -1,8 +1,16 @@
 """`ftctl run`: prepare a job on the driver, train it on Ray Train, write the run dir.
 
 The driver resolves the base model, tokenises the data once (workers load the cached
-result), starts or joins Ray, runs `TorchTrainer` with `resources.workers` workers, shows
-progress by following metrics.jsonl, and writes summary.json and the forgetting report.
+result), picks the checkpoint to resume from (refusing one saved under a spec that would
+not resume exactly), starts or joins Ray, runs `TorchTrainer` with `resources.workers`
+workers, shows progress by following metrics.jsonl, and writes summary.json and the
+forgetting report.
+
+Failures: Ray restarts the worker group up to checkpoint.max_failures times and each
+start resumes from the latest good checkpoint (attempts.jsonl, summary.json "restarts").
+Preemption: on SIGTERM the driver asks the workers to commit a checkpoint at the end of
+their current step, waits up to checkpoint.sigterm_grace_s, and exits with code 75,
+meaning "resume me" (`ftctl resume RUN_DIR`).
 """
 
 from __future__ import annotations
@@ -10,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,7 @@ from rich.table import Table
 from orchestrator.spec.models import DataSourceSpec, JobSpec
 
 EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; resume me
 
 
 class JobFailed(Exception):
@@ -51,23 +62,135 @@ def default_run_dir(spec: JobSpec) -> Path:
 
 
 def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = None,
-            console: Console | None = None) -> int:
+            console: Console | None = None, force_resume: bool = False) -> int:
     """Run one job in the foreground; returns the process exit code."""
+    from orchestrator.training.loop import PREEMPT_FILE
+
     console = console or Console()
     run_dir = (run_dir or default_run_dir(spec)).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in ("worker_result.json", "worker_status.json", PREEMPT_FILE):
+        (run_dir / leftover).unlink(missing_ok=True)
     (run_dir / "job.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     console.print(f"run dir: {run_dir}")
     started = time.time()
+    preemption = _Preemption(run_dir / PREEMPT_FILE, spec.checkpoint.sigterm_grace_s, console)
     try:
         config = prepare_job(spec, run_dir, console)
-        result = train_on_ray(spec, config, run_dir, address, console)
+        config["resume_from"] = choose_resume(spec, run_dir, config, console, force_resume)
+        with preemption:
+            result = train_on_ray(spec, config, run_dir, address, console, preemption)
     except JobFailed as err:
-        _write_summary(run_dir, spec, {"status": "failed", "error": str(err)}, started)
+        _write_summary(run_dir, spec, {"status": "failed", "error": str(err),
+                                       "restarts": restarts(run_dir, config.get("job_token")) if "config" in locals() else []},
+                       started)
         console.print(f"[red]✗ job failed:[/red] {err}")
         return EXIT_FAILED
-    summary = finish_job(spec, run_dir, result, started, console, config["model_dir"])
+    if result.get("preempted"):
+        _write_summary(run_dir, spec, {"status": "preempted", "steps": result.get("steps"),
+                                       "checkpoint": result.get("checkpoint"), "preemption": preemption.report(),
+                                       "restarts": restarts(run_dir, config["job_token"])}, started)
+        console.print(f"[yellow]preempted[/yellow] at step {result.get('steps')}; checkpoint {result.get('checkpoint')}; "
+                      f"continue with: ftctl resume {run_dir}")
+        return EXIT_PREEMPTED
+    summary = finish_job(spec, run_dir, result, started, console, config)
     return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+
+
+class _Preemption:
+    """SIGTERM handler for the duration of training: asks the workers (through a file in
+    the run dir, which every rank's step loop polls via rank 0) to save and stop."""
+
+    def __init__(self, flag: Path, grace_s: float, console: Console):
+        self.flag, self.grace_s, self.console = flag, grace_s, console
+        self.requested_at: float | None = None
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: preemption is then the caller's business
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested_at is None:
+            self.requested_at = time.time()
+            self.flag.write_text(json.dumps({"requested_at": self.requested_at}))
+
+    def expired(self) -> bool:
+        return self.requested_at is not None and time.time() - self.requested_at > self.grace_s
+
+    def report(self) -> dict[str, Any] | None:
+        if self.requested_at is None:
+            return None
+        return {"requested_at": self.requested_at, "grace_s": self.grace_s,
+                "stopped_after_s": round(time.time() - self.requested_at, 3)}
+
+
+def choose_resume(spec: JobSpec, run_dir: Path, config: dict[str, Any], console: Console,
+                  force: bool = False) -> str | None:
+    """The checkpoint this run starts from (None: fresh), verified, and refused with the
+    differences when it was saved under a spec or data that would not resume exactly."""
+    from orchestrator.checkpoint.compat import resume_differences
+    from orchestrator.checkpoint.store import CheckpointError, latest_complete_checkpoint, list_checkpoints, verify_checkpoint
+
+    value = spec.checkpoint.resume
+    if value == "never":
+        return None
+    checkpoints = run_dir / "checkpoints"
+    if value == "auto":
+        info = latest_complete_checkpoint(checkpoints, warn=lambda m: console.print(f"[yellow]{m}[/yellow]"))
+        if info is None and spec.checkpoint.storage:
+            from orchestrator.checkpoint.remote import Mirror
+
+            with console.status(f"looking for checkpoints in {spec.checkpoint.storage}"):
+                mirror = Mirror(spec.checkpoint.storage, warn=lambda m: console.print(f"[yellow]{m}[/yellow]"))
+                fetched = mirror.fetch_latest(checkpoints)
+                mirror.close()
+            info = verify_checkpoint(fetched) if fetched else None
+        if info is None:
+            broken = list_checkpoints(checkpoints)
+            if broken:
+                raise JobFailed(f"none of the {len(broken)} checkpoints in {checkpoints} is usable (see above); nothing was "
+                                f"deleted. Start over with checkpoint.resume=never, or point checkpoint.resume at one")
+            return None
+    else:
+        try:
+            info = verify_checkpoint(Path(value))
+        except CheckpointError as err:
+            raise JobFailed(f"checkpoint.resume={value}: {err}") from None
+    saved = json.loads((info.path / "trainer_state.json").read_text())
+    problems = resume_differences(saved["spec"], config["spec"])
+    if saved.get("data_fingerprint") != config["data"]["train_fingerprint"]:
+        problems.append(f"training data fingerprint: {str(saved.get('data_fingerprint'))[:12]} -> "
+                        f"{config['data']['train_fingerprint'][:12]} (the files or their preprocessing changed)")
+    if problems and not force:
+        raise JobFailed(f"{info.path.name} was saved under a job that differs in ways that break exact resume:\n  "
+                        + "\n  ".join(problems) + "\nrevert them, or resume anyway with --force (the run then "
+                        "continues from the saved step with the new settings)")
+    for line in problems:
+        console.print(f"[yellow]resuming despite:[/yellow] {line}")
+    console.print(f"resuming from {info.path.name} (step {info.step})")
+    return str(info.path)
+
+
+def restarts(run_dir: Path, job_token: str | None) -> list[dict[str, Any]]:
+    """Each restart of the worker group during this job, with the step it resumed from."""
+    from orchestrator.training.loop import ATTEMPTS_FILE
+
+    log = run_dir / ATTEMPTS_FILE
+    if job_token is None or not log.is_file():
+        return []
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [{"attempt": e["attempt"], "resumed_from": e["resumed_from"], "resumed_step": e["resumed_step"],
+             "world_size": e["world_size"], "started_at": e["started_at"]}
+            for e in entries if e.get("job") == job_token and e["attempt"] > 0]
 
 
 # --------------------------------------------------------------------------- prepare
@@ -113,6 +236,7 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
     return {
         "spec": spec.model_dump(mode="json"),
         "spec_hash": spec_hash(spec),
+        "job_token": uuid.uuid4().hex[:12],
         "mlflow_tracking_uri": mlflow_tracking_uri(spec),
         "run_dir": str(run_dir),
         "model_dir": str(model_dir),
@@ -159,7 +283,7 @@ def answer_rows(source: DataSourceSpec, limit: int) -> list[dict[str, str]]:
 
 
 def train_on_ray(spec: JobSpec, config: dict[str, Any], run_dir: Path, address: str | None,
-                 console: Console) -> dict[str, Any]:
+                 console: Console, preemption: _Preemption | None = None) -> dict[str, Any]:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -197,7 +321,11 @@ def train_on_ray(spec: JobSpec, config: dict[str, Any], run_dir: Path, address: 
 
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
-    _follow_progress(thread, run_dir, spec, console)
+    _follow_progress(thread, run_dir, spec, console, preemption)
+    if preemption is not None and preemption.expired() and thread.is_alive():
+        # The workers did not commit in time: stop them; the latest committed checkpoint stands.
+        ray.shutdown()
+        return {"preempted": True, "steps": None, "checkpoint": _latest_committed(run_dir)}
     thread.join()
     if "error" in outcome:
         raise JobFailed(_failure_cause(outcome["error"]))
@@ -207,7 +335,15 @@ def train_on_ray(spec: JobSpec, config: dict[str, Any], run_dir: Path, address: 
     return json.loads(result_file.read_text())
 
 
-def _follow_progress(thread: threading.Thread, run_dir: Path, spec: JobSpec, console: Console) -> None:
+def _latest_committed(run_dir: Path) -> str | None:
+    from orchestrator.checkpoint.store import latest_complete_checkpoint
+
+    info = latest_complete_checkpoint(run_dir / "checkpoints", warn=lambda _m: None)
+    return str(info.path) if info else None
+
+
+def _follow_progress(thread: threading.Thread, run_dir: Path, spec: JobSpec, console: Console,
+                     preemption: _Preemption | None = None) -> None:
     metrics, status_file = run_dir / "metrics.jsonl", run_dir / "worker_status.json"
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
@@ -216,6 +352,11 @@ def _follow_progress(thread: threading.Thread, run_dir: Path, spec: JobSpec, con
         offset = 0
         while thread.is_alive():
             time.sleep(0.5)
+            if preemption is not None and preemption.requested_at is not None:
+                progress.update(bar, description="preempted: saving")
+                if preemption.expired():
+                    console.print(f"[red]the workers did not save within {preemption.grace_s:.0f}s; stopping them[/red]")
+                    return
             if status_file.is_file() and progress.tasks[0].description == "starting workers":
                 status = json.loads(status_file.read_text())
                 progress.update(bar, description="training", total=status["total_steps"],
@@ -253,7 +394,7 @@ def _failure_cause(exc: Exception) -> str:
 
 
 def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: float, console: Console,
-               model_dir: str) -> dict[str, Any]:
+               config: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.forgetting.report import build_forgetting_report, write_forgetting_report
     from orchestrator.models.build import load_tokenizer
 
@@ -262,7 +403,7 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
     if artifact.is_dir():
         artifacts["adapter" if spec.method.kind in ("lora", "qlora") else "model"] = str(artifact)
         # The artifact loads on its own: tokenizer beside the weights.
-        load_tokenizer(model_dir, spec.model).save_pretrained(str(artifact))
+        load_tokenizer(config["model_dir"], spec.model).save_pretrained(str(artifact))
     forgetting = None
     if result.get("forgetting_history"):
         report = build_forgetting_report(spec, result["forgetting_history"])
@@ -280,7 +421,10 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         "final_eval": result.get("final_eval"),
         "train_seconds": round(result["train_seconds"], 3),
         "params": result["params"],
-        "resumed_from": result.get("resumed_from"),
+        "resumed_from": config.get("resume_from"),
+        "restarts": restarts(run_dir, config["job_token"]),
+        "checkpoint": result.get("checkpoint"),
+        "mirror_errors": result.get("mirror_errors") or [],
         "forgetting": forgetting,
         "target": result.get("target"),
         "artifacts": artifacts,

@@ -41,3 +41,36 @@ def test_too_little_data_for_one_global_batch_says_so():
     p = plan(world=4, batch=32, n=100)
     with pytest.raises(ValueError, match="cannot fill one global batch"):
         p.micro_batches(0, 0, 0)
+
+
+def test_positions_walk_the_same_steps_as_step_indices():
+    from orchestrator.data.sampling import DataPosition
+
+    p = plan(world=2, batch=5, n=103)
+    pos = DataPosition()
+    for step in range(35):
+        epoch, k = p.position(step)
+        assert (pos.epoch, pos.offset) == (epoch, k * p.global_batch)
+        assert p.micro_batches_at(pos, 1) == p.micro_batches(epoch, k, 1)
+        pos = p.advance(pos)
+
+
+def test_a_position_resharded_to_one_worker_keeps_every_later_example():
+    from orchestrator.data.sampling import DataPosition
+
+    two, one = plan(world=2, batch=4, n=101), plan(world=1, batch=4, accum=2, n=101)
+    pos = DataPosition(0, 3 * two.global_batch)  # saved by the 2-worker run after 3 steps
+    for _ in range(20):
+        together = sorted(i for r in (0, 1) for mb in two.micro_batches_at(pos, r) for i in mb)
+        assert together == sorted(i for mb in one.micro_batches_at(pos, 0) for i in mb)
+        assert two.advance(pos) == one.advance(pos)
+        pos = two.advance(pos)
+
+
+def test_a_position_with_no_room_left_moves_to_the_next_epoch():
+    from orchestrator.data.sampling import DataPosition
+
+    p = plan(world=1, batch=10, n=25)
+    assert p.advance(DataPosition(0, 10)) == DataPosition(1, 0)
+    assert p.normalise(DataPosition(2, 20)) == DataPosition(3, 0)
+    assert p.micro_batches_at(DataPosition(0, 13), 0)[0] == p.epoch_order(0)[13:23]
