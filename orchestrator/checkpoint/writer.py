@@ -45,7 +45,7 @@ class CheckpointWriter:
 
     def remove_stale_staging(self) -> list[Path]:
         """Rank 0, at start: staging dirs of earlier attempts are leftovers of a crash."""
-        stale = [p for p in self.checkpoints.glob(".tmp-*") if not p.name.endswith(self.attempt)] \
+        stale = [p for p in self.checkpoints.glob(".tmp-*") if not p.name.endswith(f"-{self.attempt}")] \
             if self.checkpoints.is_dir() else []
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
@@ -94,7 +94,7 @@ class CheckpointWriter:
             if time.monotonic() > deadline:
                 missing = [r for r, m in enumerate(markers) if not m.exists()]
                 raise TimeoutError(f"ranks {missing} did not finish writing {step_dir_name(step)} "
-                                   f"within {self.timeout_s:.0f}s")
+                                   f"within {self.timeout_s:g}s")
             time.sleep(0.01)
         for m in markers:
             m.unlink()

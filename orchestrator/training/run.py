@@ -15,6 +15,7 @@ meaning "resume me" (`ftctl resume RUN_DIR`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,8 +79,7 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
     try:
         config = prepare_job(spec, run_dir, console)
         config["resume_from"] = choose_resume(spec, run_dir, config, console, force_resume)
-        with preemption:
-            result = train_on_ray(spec, config, run_dir, address, console, preemption)
+        result = train_on_ray(spec, config, run_dir, address, console, preemption)
     except JobFailed as err:
         _write_summary(run_dir, spec, {"status": "failed", "error": str(err),
                                        "restarts": restarts(run_dir, config.get("job_token")) if "config" in locals() else []},
@@ -320,13 +320,15 @@ def train_on_ray(spec: JobSpec, config: dict[str, Any], run_dir: Path, address: 
             outcome["error"] = exc
 
     thread = threading.Thread(target=fit, daemon=True)
-    thread.start()
-    _follow_progress(thread, run_dir, spec, console, preemption)
-    if preemption is not None and preemption.expired() and thread.is_alive():
-        # The workers did not commit in time: stop them; the latest committed checkpoint stands.
-        ray.shutdown()
-        return {"preempted": True, "steps": None, "checkpoint": _latest_committed(run_dir)}
-    thread.join()
+    # Installed after ray.init, which sets its own SIGTERM handler in this process.
+    with preemption or contextlib.nullcontext():
+        thread.start()
+        _follow_progress(thread, run_dir, spec, console, preemption)
+        if preemption is not None and preemption.expired() and thread.is_alive():
+            # The workers did not commit in time: stop them; the latest committed checkpoint stands.
+            ray.shutdown()
+            return {"preempted": True, "steps": None, "checkpoint": _latest_committed(run_dir)}
+        thread.join()
     if "error" in outcome:
         raise JobFailed(_failure_cause(outcome["error"]))
     result_file = run_dir / "worker_result.json"
@@ -349,7 +351,7 @@ def _follow_progress(thread: threading.Thread, run_dir: Path, spec: JobSpec, con
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("starting workers", total=spec.training.max_steps or 1, info="")
-        offset = 0
+        offset, inode = 0, None
         while thread.is_alive():
             time.sleep(0.5)
             if preemption is not None and preemption.requested_at is not None:
@@ -363,12 +365,18 @@ def _follow_progress(thread: threading.Thread, run_dir: Path, spec: JobSpec, con
                                 info=f"world {status['world_size']}")
             if metrics.is_file():
                 with open(metrics) as f:
+                    identity = os.fstat(f.fileno()).st_ino
+                    if identity != inode:  # a restarted worker group rewrote the file
+                        inode, offset = identity, 0
                     f.seek(offset)
                     chunk = f.read()
                 complete = chunk[: chunk.rfind("\n") + 1]
                 offset += len(complete)
                 for line in complete.splitlines():
-                    rec = json.loads(line)
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
                     if "loss" in rec:
                         progress.update(bar, completed=rec["step"],
                                         info=f"loss {rec['loss']:.4f}  {rec.get('tokens_per_s', 0):,.0f} tok/s")
