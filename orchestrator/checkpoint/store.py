@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +45,10 @@ def staging_dir(checkpoints: Path, step: int) -> Path:
 def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int | None = None,
                       metrics: dict[str, float] | None = None, best: Best | None = None) -> Path:
     """Fsync the staged files, write the manifest last, rename into place, apply retention."""
-    files = {}
-    for f in sorted(p for p in staging.rglob("*") if p.is_file()):
-        fsync_file(f)
-        files[str(f.relative_to(staging))] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+    staged = sorted(p for p in staging.rglob("*") if p.is_file())
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(staged)))) as pool:
+        digests = list(pool.map(_fsync_and_hash, staged))
+    files = {str(f.relative_to(staging)): {"bytes": f.stat().st_size, "sha256": d} for f, d in zip(staged, digests)}
     manifest = {"step": step, "spec_hash": spec_hash, "metrics": metrics or {}, "files": files}
     tmp = staging / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -81,7 +82,11 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         if f.stat().st_size != meta["bytes"]:
             raise CheckpointError(f"checkpoint {path.name}: {name} has {f.stat().st_size} bytes, "
                                   f"manifest says {meta['bytes']} (truncated or overwritten)")
-        if sha256_file(f) != meta["sha256"]:
+    # Hashing is the slow part; hashlib releases the GIL, so files are hashed in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(files)))) as pool:
+        digests = dict(zip(files, pool.map(lambda name: sha256_file(path / name), files)))
+    for name, meta in files.items():
+        if digests[name] != meta["sha256"]:
             raise CheckpointError(f"checkpoint {path.name}: {name} does not match its sha256 (corrupt)")
     return CheckpointInfo(path=path, step=step, spec_hash=str(manifest.get("spec_hash", "")))
 
@@ -139,6 +144,11 @@ def best_checkpoint(paths: list[Path], best: Best) -> Path | None:
             continue
         scored.append((value if best.mode == "max" else -value, path.name, path))
     return max(scored)[2] if scored else None
+
+
+def _fsync_and_hash(path: Path) -> str:
+    fsync_file(path)
+    return sha256_file(path)
 
 
 def fsync_file(path: Path) -> None:

@@ -123,7 +123,8 @@ def test_sigterm_saves_within_the_grace_period_exits_75_and_resume_is_exact(tmp_
 
     address = ray.get_runtime_context().gcs_address
     run_dir = tmp_path / "preempted"
-    overrides = [*COMMON, "checkpoint.sigterm_grace_s=30"]
+    mirror = tmp_path / "bucket"
+    overrides = [*COMMON, "checkpoint.sigterm_grace_s=30", f"checkpoint.storage={mirror.as_uri()}"]
     proc = subprocess.Popen(ftctl("run", str(QUICKSTART), *overrides, "--run-dir", str(run_dir), "--address", address),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -143,11 +144,15 @@ def test_sigterm_saves_within_the_grace_period_exits_75_and_resume_is_exact(tmp_
     assert at <= step < STEPS, (at, step)  # saved at the step it was on, not the last periodic one
     assert summary["preemption"]["stopped_after_s"] < 30
     assert f"ftctl resume {run_dir}" in out.replace("\n", "")
+    # Resume on a "fresh machine": no local checkpoints, only the mirror's copies.
+    assert (mirror / saved.name / "manifest.json").is_file()
+    shutil.rmtree(run_dir / "checkpoints")
 
     resumed = subprocess.run(ftctl("resume", str(run_dir), "--address", address), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming from {saved.name}" in resumed.stdout
+    assert (run_dir / "checkpoints" / saved.name / "manifest.json").is_file()  # fetched back
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["resumed_from"] == str(saved)
     assert_same_run(run_dir, reference("lora-ddp"))
