@@ -33,6 +33,10 @@ CASES = {
     "full-ddp": ["method.kind=full", "method.lora=null", "training.lr=1e-3"],
     "lora-zero2": ["resources.strategy=deepspeed", "resources.zero_stage=2"],
 }
+SHARDED = {
+    "lora-zero3": ["resources.strategy=deepspeed", "resources.zero_stage=3"],
+    "lora-fsdp": ["resources.strategy=fsdp"],
+}
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -78,7 +82,7 @@ def reference(tmp_path_factory, local_ray):
 
     def get(case: str) -> Path:
         if case not in made:
-            code, run_dir, log = run(tmp_path_factory.mktemp("ref"), case, *COMMON, *CASES[case])
+            code, run_dir, log = run(tmp_path_factory.mktemp("ref"), case, *COMMON, *{**CASES, **SHARDED}[case])
             assert code == 0, log
             made[case] = run_dir
         return made[case]
@@ -176,3 +180,20 @@ def test_a_ddp_run_resumes_on_one_worker_with_the_global_batch_kept(tmp_path, re
     a, b = weights(run_dir), weights(ref)
     for key in a:
         assert (a[key] - b[key]).abs().max() <= 1e-4, key
+
+
+@pytest.mark.parametrize("case", list(SHARDED))
+def test_a_sharded_run_resumed_from_a_middle_checkpoint_ends_exactly_as_an_uninterrupted_one(case, tmp_path, reference):
+    from orchestrator.cli import main
+
+    ref = reference(case)
+    run_dir = tmp_path / case
+    shutil.copytree(ref, run_dir)
+    for late in ("step-00000030", "step-00000020"):
+        shutil.rmtree(run_dir / "checkpoints" / late)
+    if case.endswith("zero3"):  # the optimizer partitions come through DeepSpeed's own files
+        assert list((run_dir / "checkpoints" / "step-00000010" / "deepspeed").rglob("*optim_states.pt"))
+    assert main(["resume", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("step-00000010") and summary["world_size"] == 2
+    assert_same_run(run_dir, ref)
