@@ -43,7 +43,7 @@ def staging_dir(checkpoints: Path, step: int) -> Path:
 
 
 def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int | None = None,
-                      metrics: dict[str, float] | None = None, best: Best | None = None) -> Path:
+                      metrics: dict[str, float] | None = None, best: Best | tuple[Best, ...] | None = None) -> Path:
     """Fsync the staged files, write the manifest last, rename into place, apply retention."""
     staged = sorted(p for p in staging.rglob("*") if p.is_file())
     with ThreadPoolExecutor(max_workers=max(1, min(4, len(staged)))) as pool:
@@ -111,13 +111,13 @@ def latest_complete_checkpoint(checkpoints: Path, warn=print) -> CheckpointInfo 
     return None
 
 
-def apply_retention(checkpoints: Path, keep_last: int, best: Best | None = None) -> list[Path]:
-    """Delete all but the newest `keep_last` checkpoints and, with `best`, the one with the
-    best value of that metric in its manifest; returns what was deleted."""
+def apply_retention(checkpoints: Path, keep_last: int, best: Best | tuple[Best, ...] | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints and, for each `best` rule, the one
+    with the best value of that metric in its manifest; returns what was deleted."""
     found = list_checkpoints(checkpoints)
     keep = set(found[max(0, len(found) - keep_last):])
-    if best is not None:
-        chosen = best_checkpoint(found, best)
+    for rule in (best if isinstance(best, tuple) else (best,) if best is not None else ()):
+        chosen = best_checkpoint(found, rule)
         if chosen is not None:
             keep.add(chosen)
     doomed = [p for p in found if p not in keep]

@@ -27,7 +27,7 @@ DONE = ".done-rank"
 
 class CheckpointWriter:
     def __init__(self, checkpoints: Path, rank: int, world: int, attempt: str, spec_hash: str, keep_last: int,
-                 best: Best | None = None, mirror=None, warn=print, timeout_s: float = 1800.0):
+                 best: Best | tuple[Best, ...] | None = None, mirror=None, warn=print, timeout_s: float = 1800.0):
         self.checkpoints, self.rank, self.world, self.attempt = checkpoints, rank, world, attempt
         self.spec_hash, self.keep_last, self.best, self.mirror, self.warn = spec_hash, keep_last, best, mirror, warn
         self.timeout_s = timeout_s

@@ -209,3 +209,41 @@ def _write_cache(columns: dict[str, list[Any]], stats: DataStats, cache_dir: Pat
             # Another process prepared the same data first; its copy is identical.
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- replay
+
+
+def mix_replay(train: PreparedData, replay: list[PreparedData], ratio: float, seed: int) -> PreparedData:
+    """The training set with replay rows added so that `ratio` of it comes from `replay`.
+
+    round(ratio / (1 - ratio) x len(train)) rows are drawn from the replay sets pooled
+    together, seeded, without repetition while the pool lasts. The mix is cached by a
+    fingerprint of its parts, so a resume sees exactly the same rows."""
+    import hashlib
+    import random
+
+    import datasets
+
+    key = json.dumps({"train": train.fingerprint, "replay": [r.fingerprint for r in replay], "ratio": ratio,
+                      "seed": seed}, sort_keys=True)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()
+    cache_dir = data_cache_root() / fingerprint
+    if (cache_dir / _STATS_FILE).is_file():
+        return PreparedData(load_prepared(cache_dir), fingerprint, cache_dir, load_stats(cache_dir), from_cache=True)
+    pool = datasets.concatenate_datasets([r.dataset for r in replay])
+    if len(pool) == 0:
+        raise DataError("data.replay.sources hold no usable rows")
+    wanted = round(ratio / (1 - ratio) * len(train.dataset))
+    rng = random.Random(seed * 7_919 + 17)
+    picks: list[int] = []
+    while len(picks) < wanted:
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        picks.extend(order[: wanted - len(picks)])
+    mixed = datasets.concatenate_datasets([train.dataset, pool.select(picks)])
+    columns = {name: mixed[name] for name in mixed.column_names}
+    stats = DataStats(**{**asdict(train.stats), "rows_used": len(mixed),
+                         "tokens": sum(len(ids) for ids in columns["input_ids"])})
+    _write_cache(columns, stats, cache_dir)
+    return PreparedData(load_prepared(cache_dir), fingerprint, cache_dir, stats)

@@ -1,4 +1,4 @@
-"""forgetting.json and forgetting.png from the evaluations a run made."""
+"""forgetting.json, forgetting.png and the printed table, from the evaluations a run made."""
 
 from __future__ import annotations
 
@@ -6,32 +6,91 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.forgetting.gates import gates_of
 from orchestrator.forgetting.metrics import HIGHER_IS_BETTER, change
 from orchestrator.spec.models import JobSpec
 
 
-def build_forgetting_report(spec: JobSpec, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """history: [{"step": s, task: value, ...}, ...] with the base model at the first entry."""
+def build_forgetting_report(spec: JobSpec, history: list[dict[str, Any]],
+                            target_history: list[dict[str, Any]] | None = None, final_step: int | None = None,
+                            eval_base: dict[str, float] | None = None,
+                            eval_final: dict[str, float] | None = None) -> dict[str, Any]:
+    """history: [{"step": s, task: value, ..., "trips": [...]}, ...], the base model first.
+    target_history: [{"step": s, "value": exact match}] on data.eval. final_step: the step
+    whose values are final (a rollback keeps an earlier one; default: the last)."""
+    limits = {g.task: g.max_drop for g in gates_of(spec.forgetting)}
     tasks: dict[str, Any] = {}
     for task in spec.forgetting.tasks:
         evals = [{"step": h["step"], "value": h[task.name]} for h in history if task.name in h]
         if not evals:
             continue
-        base, final = evals[0]["value"], evals[-1]["value"]
-        tasks[task.name] = {"metric": task.metric, "higher_is_better": HIGHER_IS_BETTER[task.metric],
-                            "base": base, "evals": evals, "final": final, **change(task.metric, base, final)}
+        final = _at(evals, final_step)
+        entry = {"metric": task.metric, "higher_is_better": HIGHER_IS_BETTER[task.metric], "base": evals[0]["value"],
+                 "evals": evals, "final_step": final["step"], "final": final["value"],
+                 **change(task.metric, evals[0]["value"], final["value"])}
+        if task.name in limits:
+            entry["max_drop"] = limits[task.name]
+            entry["passed"] = entry["drop"] <= limits[task.name] + 1e-12
+        tasks[task.name] = entry
+    target = _target(target_history, final_step, eval_base, eval_final)
     worst = max(tasks.items(), key=lambda kv: kv[1]["drop"], default=None)
+    tripped = [trip for h in history for trip in h.get("trips", [])]
     summary = {
         "tasks": len(tasks),
         "tasks_worse": sorted(n for n, t in tasks.items() if t["worse"]),
         "largest_drop": {"task": worst[0], "drop": worst[1]["drop"]} if worst else None,
+        "gates_tripped": tripped,
+        "negative_transfer": target["worse"] if target else None,
     }
-    return {"tasks": tasks, "summary": summary}
+    return {"tasks": tasks, "target": target, "negative_transfer": summary["negative_transfer"], "summary": summary}
+
+
+def _at(evals: list[dict[str, Any]], step: int | None) -> dict[str, Any]:
+    if step is not None:
+        for e in evals:
+            if e["step"] == step:
+                return e
+    return evals[-1]
+
+
+def _target(history, final_step, eval_base, eval_final) -> dict[str, Any] | None:
+    """The target task before and after: exact match on data.eval when it was measured,
+    else data.eval loss. Worse than the base model means negative transfer."""
+    if history:
+        evals = list(history)
+        final = _at(evals, final_step)
+        return {"metric": "exact_match", "base": evals[0]["value"], "evals": evals, "final": final["value"],
+                **change("exact_match", evals[0]["value"], final["value"])}
+    if eval_base and eval_final and "eval_loss" in eval_base and "eval_loss" in eval_final and final_step is None:
+        return {"metric": "loss", "base": eval_base["eval_loss"], "evals": [], "final": eval_final["eval_loss"],
+                **change("loss", eval_base["eval_loss"], eval_final["eval_loss"])}
+    return None
 
 
 def write_forgetting_report(report: dict[str, Any], run_dir: Path) -> None:
     (run_dir / "forgetting.json").write_text(json.dumps(report, indent=2))
     plot_forgetting(report, run_dir / "forgetting.png")
+
+
+def forgetting_table(report: dict[str, Any], title: str = "forgetting (held-out source tasks)"):
+    """A rich Table: per task base, final, absolute and relative change, and its gate."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("task", "metric", "base", "final", "change", "relative", "gate"):
+        table.add_column(col)
+    for name, task in report["tasks"].items():
+        gate = "" if "max_drop" not in task else \
+            (f"ok (max drop {task['max_drop']:g})" if task["passed"] else f"[red]tripped (max drop {task['max_drop']:g})[/red]")
+        table.add_row(name, task["metric"], f"{task['base']:.3f}", f"{task['final']:.3f}",
+                      f"{task['delta']:+.3f}" + (" worse" if task["worse"] else ""),
+                      f"{task['relative_delta']:+.1%}", gate)
+    target = report.get("target")
+    if target:
+        table.add_row("[bold]target[/bold] (data.eval)", target["metric"], f"{target['base']:.3f}",
+                      f"{target['final']:.3f}", f"{target['delta']:+.3f}" + (" worse" if target["worse"] else ""),
+                      f"{target['relative_delta']:+.1%}", "[red]negative transfer[/red]" if target["worse"] else "")
+    return table
 
 
 def plot_forgetting(report: dict[str, Any], out: Path) -> None:
@@ -45,9 +104,13 @@ def plot_forgetting(report: dict[str, Any], out: Path) -> None:
         steps = [e["step"] for e in task["evals"]]
         values = [e["value"] for e in task["evals"]]
         ax.plot(steps, values, marker="o", label=f"{name} ({task['metric']})")
+    target = report.get("target")
+    if target and target["evals"]:
+        ax.plot([e["step"] for e in target["evals"]], [e["value"] for e in target["evals"]], marker="s",
+                color="black", linestyle="--", label=f"target task ({target['metric']})")
     ax.set_xlabel("step")
-    ax.set_ylabel("metric on held-out source task")
-    ax.set_title("forgetting: source tasks during fine-tuning")
+    ax.set_ylabel("metric")
+    ax.set_title("forgetting: source tasks (and the target task) during fine-tuning")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -174,6 +174,16 @@ class DataSourceSpec(Strict):
     """Use only the first N rows (after skipping bad ones)."""
 
 
+class ReplaySpec(Strict):
+    sources: list[DataSourceSpec] = Field(min_length=1)
+    """Source-task data to mix into training (what the base model was trained on; not the
+    held-out forgetting sets)."""
+
+    ratio: float = Field(gt=0, lt=1)
+    """Share of every epoch's training examples drawn from `sources` (e.g. 0.2: one in five).
+    Replay rows are sampled with the seed, repeating when the sources are small."""
+
+
 class DataSpec(Strict):
     train: DataSourceSpec
     """Training data."""
@@ -193,6 +203,9 @@ class DataSpec(Strict):
 
     shuffle: bool = True
     """Shuffle training rows each epoch (seeded by training.seed)."""
+
+    replay: ReplaySpec | None = None
+    """Mitigate forgetting by mixing source-task data into the training batches."""
 
 
 # ------------------------------------------------------------------------ training
@@ -234,6 +247,10 @@ class TrainingSpec(Strict):
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
     """Seeds model init, data order and dropout: the same seed gives the same run."""
+
+    l2sp: float | None = Field(None, gt=0)
+    """L2-SP: add l2sp/2 x ||w - w_base||^2 over the trainable weights to the loss, pulling
+    full and freeze fine-tunes toward the base model (mitigates forgetting; ddp only)."""
 
     log_every_steps: int = Field(1, ge=1)
     """Write a metrics.jsonl line every N optimizer steps."""

@@ -60,4 +60,4 @@ def demo_file_names() -> list[str]:
 
     fixed = ["target_train.jsonl", "target_eval.jsonl", "classify_train.jsonl",
              "classify_eval.jsonl", "text_train.jsonl"]
-    return fixed + [f"source_{task}.jsonl" for task in SOURCE_TASKS]
+    return fixed + [f"{kind}_{task}.jsonl" for kind in ("source", "replay") for task in SOURCE_TASKS]

@@ -144,7 +144,12 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
                                 "set checkpoint.every_steps"))
     if f.action == "rollback" and f.every_steps is None and f.tasks:
         problems.append(Problem("forgetting.every_steps", "rollback needs evaluations during training, not only at the end",
-                                "set forgetting.every_steps (a multiple of checkpoint.every_steps works best)"))
+                                "set forgetting.every_steps to a multiple of checkpoint.every_steps"))
+    every = spec.checkpoint.every_steps
+    if f.action == "rollback" and f.every_steps and every and f.every_steps % every:
+        problems.append(Problem("forgetting.every_steps", "rollback keeps a checkpoint that was evaluated and passed; "
+                                f"evaluations every {f.every_steps} steps do not all land on checkpoints every {every}",
+                                "make forgetting.every_steps a multiple of checkpoint.every_steps"))
     return problems
 
 
@@ -159,6 +164,32 @@ def checkpoint_resume_value(spec: JobSpec) -> list[Problem]:
     if spec.checkpoint.resume.strip() == "":
         return [Problem("checkpoint.resume", "empty value", "use auto, never, or a checkpoint path")]
     return []
+
+
+def mitigation_fits_method(spec: JobSpec) -> list[Problem]:
+    problems = []
+    t, r = spec.training, spec.resources
+    if t.l2sp is not None and spec.method.kind not in ("full", "freeze"):
+        problems.append(Problem("training.l2sp", f"L2-SP pulls trained weights toward the base weights; method "
+                                                 f"{spec.method.kind} trains new weights that have no base value",
+                                "use it with method full or freeze; for adapters lower the rank or the lr"))
+    if t.l2sp is not None and r.strategy != "ddp":
+        problems.append(Problem("training.l2sp", f"L2-SP is applied to replicated gradients; strategy {r.strategy} "
+                                                 "shards them", "use strategy ddp"))
+    replay = spec.data.replay
+    if replay is not None:
+        for i, source in enumerate(replay.sources):
+            if source.format != spec.data.train.format:
+                problems.append(Problem(f"data.replay.sources[{i}].format", f"replay rows are mixed into training "
+                                        f"batches, so they must have the training format ({spec.data.train.format})",
+                                        f"convert the source to {spec.data.train.format}"))
+        held_out = {t.path for t in spec.forgetting.tasks}
+        for i, source in enumerate(replay.sources):
+            if source.path in held_out:
+                problems.append(Problem(f"data.replay.sources[{i}].path", "this file is also a held-out forgetting "
+                                        "task: training on it would hide the forgetting it measures",
+                                        "replay the source task's training data, not its held-out set"))
+    return problems
 
 
 def checkpoint_best_measured(spec: JobSpec) -> list[Problem]:
@@ -206,6 +237,7 @@ RULES: tuple[Rule, ...] = (
     checkpoint_resume_value,
     checkpoint_best_measured,
     checkpoint_storage_usable,
+    mitigation_fits_method,
 )
 
 
@@ -223,10 +255,6 @@ def available_in_this_version(spec: JobSpec) -> list[Problem]:
     problems = []
     if spec.merge.enabled:
         problems.append(Problem("merge.enabled", f"merging after training {NOT_YET_AVAILABLE}", "set merge.enabled: false"))
-    f = spec.forgetting
-    if f.max_drop is not None or any(t.max_drop is not None for t in f.tasks) or f.action != "warn":
-        problems.append(Problem("forgetting", f"forgetting gates (max_drop, action stop/rollback) {NOT_YET_AVAILABLE}; "
-                                              "forgetting is measured and reported only", "remove max_drop and action"))
     return problems
 
 

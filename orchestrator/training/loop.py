@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator.checkpoint.store import Best, latest_complete_checkpoint
+from orchestrator.checkpoint.store import Best, CheckpointError, list_checkpoints, verify_checkpoint
 from orchestrator.checkpoint.writer import CheckpointWriter
 from orchestrator.data.pipeline import collate, load_prepared
 from orchestrator.data.sampling import BatchPlan, DataPosition
@@ -31,7 +31,8 @@ from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
 from orchestrator.data.formats import IGNORE_INDEX as IGNORE
 from orchestrator.training.checkpointing import load_training_state, save_training_state
-from orchestrator.training.evaluation import evaluate_forgetting, evaluate_target, sum_across_ranks, token_loss_sum
+from orchestrator.training.evaluation import evaluate_target, sum_across_ranks, token_loss_sum
+from orchestrator.training.forgetting_watch import ForgettingWatch
 from orchestrator.training.schedule import lr_lambda
 from orchestrator.training.strategies import (
     build_accelerator, full_state_dict, shard_with_fsdp, uses_deepspeed, uses_fsdp,
@@ -64,6 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if fsdp:  # FSDP2 must shard before the optimizer sees the parameters
         model = shard_with_fsdp(model, spec, on_gpu)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    l2sp = _L2SP(trainable, t.l2sp) if t.l2sp else None  # the base weights, before any resume
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     train_set = load_prepared(Path(config["train_cache"]))
     plan = BatchPlan(len(train_set), t.per_device_batch_size, t.grad_accum_steps, world, t.seed, spec.data.shuffle)
@@ -87,14 +89,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoints = run_dir / "checkpoints"
     attempt, resume_from = _begin_attempt(config, checkpoints, rank)
     state: dict[str, Any] = {"step": 0, "samples": 0, "tokens": 0, "train_seconds": 0.0,
-                             "position": DataPosition().as_dict(), "forgetting_history": [], "target_base": None}
+                             "position": DataPosition().as_dict(), "forgetting_history": [], "target_history": [],
+                             "forgetting_seconds": 0.0, "eval_base": None}
     if resume_from is not None:
         state.update(load_training_state(resume_from, accelerator, model, optimizer, scheduler, spec))
     position = DataPosition.from_dict(state["position"])
     if rank == 0:
         _record_attempt(run_dir, config, attempt, world, resume_from, state["step"])
-    best = Best(spec.checkpoint.best_metric, spec.checkpoint.best_mode or
-                ("max" if spec.checkpoint.best_metric == "eval_accuracy" else "min")) if spec.checkpoint.best_metric else None
+    best: tuple[Best, ...] = ()
+    if spec.checkpoint.best_metric:
+        best += (Best(spec.checkpoint.best_metric, spec.checkpoint.best_mode or
+                      ("max" if spec.checkpoint.best_metric == "eval_accuracy" else "min")),)
+    if spec.forgetting.action == "rollback":  # the newest checkpoint that passed every gate stays
+        best += (Best("gates_passed", "max"),)
     mirror = None
     if spec.checkpoint.storage and rank == 0:
         from orchestrator.checkpoint.remote import Mirror
@@ -106,7 +113,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         writer.remove_stale_staging()
 
     eval_set = load_prepared(Path(config["eval_cache"])) if config.get("eval_cache") else None
-    forgetting_tasks = config.get("forgetting", [])
     log = _MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, keep_through=state["step"],
                       tensorboard_dir=run_dir / "tensorboard" if spec.tracking.tensorboard else None,
                       mlflow=_mlflow_run(spec, config, run_dir) if spec.tracking.mlflow and rank == 0 else None)
@@ -114,21 +120,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
                                                       "params": {"trainable": params.trainable, "total": params.total},
                                                       "total_steps": total_steps, "step": state["step"]})
-    target = [config["target"]] if config.get("target") else []
-    target_result: dict[str, float] = {}
-    if target and resume_from is None:
-        state["target_base"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id, shard_eval)["target"]
-    if state["target_base"] is not None:
-        target_result["base"] = state["target_base"]
-    forgetting_history: list[dict[str, Any]] = state["forgetting_history"]
-    if forgetting_tasks and resume_from is None:
-        forgetting_history.append({"step": 0, **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
+    watch = ForgettingWatch(spec, config, state, (accelerator, model, tokenizer, pad_id, shard_eval), rank)
+    if resume_from is None:
+        watch.baseline()
+        if eval_set is not None:  # the base model's target-task metrics, for negative transfer
+            state["eval_base"] = evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval)
+    gate_trips: list = []
 
     def save(blocking: bool, metrics: dict[str, Any] | None = None) -> None:
         trainer_state = {**state, "position": position.as_dict(), "world_size": world,
                          "global_batch": plan.global_batch, "spec": config["spec"], "spec_hash": config["spec_hash"],
+                         "job": config["job_token"],
                          "data_fingerprint": config["data"]["train_fingerprint"]}
-        numbers = {k: v for k, v in (metrics or {}).items() if k in ("loss", "eval_loss", "eval_accuracy")}
+        numbers = {k: v for k, v in (metrics or {}).items() if k in ("loss", "eval_loss", "eval_accuracy", "gates_passed")}
         save_training_state(writer, state["step"], trainer_state, accelerator, model, optimizer, scheduler, spec,
                             numbers, blocking)
 
@@ -155,6 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 scale = world * (t.grad_accum_steps if deepspeed else 1)
                 accelerator.backward(token_loss * scale / max(global_tokens, 1))
             loss_sum += float(token_loss.detach())
+        if l2sp is not None:
+            l2sp.add_to_gradients()
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
         grad_norm = None
         if t.max_grad_norm is not None:
@@ -184,13 +190,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                           tokens_per_s=round(state["tokens"] / max(elapsed, 1e-9), 1))
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
+            if l2sp is not None:
+                record["l2sp_penalty"] = l2sp.penalty()
         if eval_set is not None and t.eval_every_steps and state["step"] % t.eval_every_steps == 0:
             record.update(step=state["step"], **evaluate_target(accelerator, model, eval_set, pad_id,
                                                                 t.per_device_batch_size, shard_eval))
-        f = spec.forgetting
-        if forgetting_tasks and f.every_steps and state["step"] % f.every_steps == 0 and state["step"] < total_steps:
-            forgetting_history.append({"step": state["step"],
-                                       **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
+        if watch.due(state["step"], total_steps):
+            scalars, trips = watch.evaluate(state["step"])
+            record.update(step=state["step"], **scalars, gates_passed=float(not trips))
+            if trips:
+                _gate_message(spec, trips, rank)
+                if spec.forgetting.action != "warn":
+                    gate_trips = trips
         if record:
             log.write(record)
         if stop:  # preemption: commit this step now, within the driver's grace period
@@ -200,6 +211,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         every = spec.checkpoint.every_steps
         if every and state["step"] % every == 0 and state["step"] < total_steps:
             save(blocking=False, metrics=record)
+        if gate_trips:  # stop or rollback: training further would only forget more
+            break
 
     if preempted:
         writer.wait()
@@ -212,27 +225,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         accelerator.wait_for_everyone()
         return
 
-    # ---- finish: final checkpoint, artifacts, evaluations ------------------------------
-    save(blocking=True, metrics={"loss": log.last_loss} if log.last_loss is not None else None)
-    mirror_errors = writer.mirror_errors + (mirror.wait() if mirror is not None else [])
+    # ---- finish: evaluations, final checkpoint, gates, artifact ---------------------------
     final: dict[str, Any] = {"step": state["step"]}
     if eval_set is not None:
         final.update(evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval))
-    if forgetting_tasks:
-        forgetting_history.append({"step": state["step"], **evaluate_forgetting(accelerator, model, forgetting_tasks, tokenizer, pad_id, shard_eval)})
-    if target:
-        target_result["final"] = evaluate_forgetting(accelerator, model, target, tokenizer, pad_id, shard_eval)["target"]
-    _save_artifact(run_dir, spec, accelerator, model)
+    final_metrics = {"loss": log.last_loss} if log.last_loss is not None else {}
+    if not gate_trips and (watch.tasks or watch.target):
+        scalars, trips = watch.evaluate(state["step"])
+        final_metrics.update(gates_passed=float(not trips))
+        if rank == 0:
+            log.write({"step": state["step"], **scalars})
+        if trips:
+            _gate_message(spec, trips, rank)
+            if spec.forgetting.action != "warn":
+                gate_trips = trips
+    save(blocking=True, metrics=final_metrics)
+    mirror_errors = writer.mirror_errors + (mirror.wait() if mirror is not None else [])
+    gate = _apply_gate(spec, gate_trips, watch, writer, accelerator, model, optimizer, scheduler) if gate_trips else None
+    if gate is None or gate.get("kept_step") is not None:
+        _save_artifact(run_dir, spec, accelerator, model)
     if rank == 0:
         _write_json(run_dir / "worker_result.json", {
             "world_size": world, "steps": state["step"], "samples_seen": state["samples"],
             "tokens_seen": state["tokens"], "train_seconds": state["train_seconds"],
-            "final_loss": log.last_loss, "final_eval": final, "forgetting_history": forgetting_history,
+            "forgetting_seconds": state["forgetting_seconds"], "baseline_cached": state.get("baseline_cached", False),
+            "final_loss": log.last_loss, "final_eval": final, "eval_base": state["eval_base"],
+            "forgetting_history": watch.history, "target_history": watch.target_history,
             "params": {"trainable": params.trainable, "total": params.total},
             "resumed_from": str(resume_from) if resume_from else None,
-            "target": target_result or None,
             "checkpoint": str(writer.committed[-1]) if writer.committed else None,
-            "mirror_errors": mirror_errors,
+            "mirror_errors": mirror_errors, "gate": gate,
         })
     if mirror is not None:
         mirror.close()
@@ -355,6 +377,49 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _gate_message(spec: JobSpec, trips, rank: int) -> None:
+    if rank == 0:
+        action = spec.forgetting.action
+        print(f"forgetting gate tripped ({action}): " + "; ".join(t.message() for t in trips))
+
+
+def _apply_gate(spec: JobSpec, trips, watch: ForgettingWatch, writer: CheckpointWriter, accelerator, model,
+                optimizer, scheduler) -> dict[str, Any]:
+    """stop: keep nothing. rollback: load the newest checkpoint that passed every gate, so
+    the artifact is that model; none passing keeps nothing."""
+    from orchestrator.forgetting.gates import latest_passing_step
+
+    gate: dict[str, Any] = {"action": spec.forgetting.action, "tripped": [t.as_dict() for t in trips],
+                            "step": trips[0].step, "kept_step": None, "kept_checkpoint": None}
+    if spec.forgetting.action == "rollback":
+        by_step = {verify_checkpoint(p).step: p for p in list_checkpoints(writer.checkpoints)}
+        kept = latest_passing_step(watch.gates, watch.history, sorted(by_step))
+        if kept is not None:
+            load_training_state(by_step[kept], accelerator, model, optimizer, scheduler, spec)
+            gate.update(kept_step=kept, kept_checkpoint=str(by_step[kept]))
+    return gate
+
+
+class _L2SP:
+    """L2-SP toward the base weights: adds strength x (w - w_base) to each trainable weight's
+    (already averaged, replicated) gradient once per step, the gradient of
+    strength/2 x ||w - w_base||^2."""
+
+    def __init__(self, params: list[torch.Tensor], strength: float):
+        self.params, self.strength = params, strength
+        self.base = [p.detach().clone() for p in params]
+
+    def add_to_gradients(self) -> None:
+        with torch.no_grad():
+            for p, p0 in zip(self.params, self.base):
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - p0, alpha=self.strength)
+
+    def penalty(self) -> float:
+        with torch.no_grad():
+            return float(0.5 * self.strength * sum(float(((p - p0) ** 2).sum()) for p, p0 in zip(self.params, self.base)))
+
+
 def _begin_attempt(config: dict[str, Any], checkpoints: Path, rank: int) -> tuple[dict[str, Any], Path | None]:
     """Which start of the worker group this is, and what it resumes from. The first start
     resumes from the driver's choice; a restart after a failure from the latest good
@@ -366,8 +431,7 @@ def _begin_attempt(config: dict[str, Any], checkpoints: Path, rank: int) -> tupl
         number = sum(1 for e in earlier if e.get("job") == config["job_token"])
         resume = config.get("resume_from")
         if number > 0:
-            info = latest_complete_checkpoint(checkpoints)
-            resume = str(info.path) if info else resume
+            resume = _latest_of_this_job(checkpoints, config["job_token"]) or resume
         decision[0] = ({"id": f"{config['job_token']}-{number}", "number": number}, resume)
     if dist.is_initialized():
         dist.broadcast_object_list(decision, src=0)
@@ -378,6 +442,20 @@ def _begin_attempt(config: dict[str, Any], checkpoints: Path, rank: int) -> tupl
     _write_json(workers / f"rank-{rank:05d}.json", {"pid": os.getpid(), "host": socket.gethostname(),
                                                      "attempt": attempt["number"]})
     return attempt, Path(resume) if resume else None
+
+
+def _latest_of_this_job(checkpoints: Path, job_token: str) -> str | None:
+    """The newest good checkpoint this job itself wrote (not one left in the run dir by an
+    earlier job, which `checkpoint.resume: never` chose not to continue)."""
+    for path in reversed(list_checkpoints(checkpoints)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            print(f"{err}; trying an older one")
+            continue
+        if json.loads((path / "trainer_state.json").read_text()).get("job") == job_token:
+            return str(path)
+    return None
 
 
 def _record_attempt(run_dir: Path, config: dict[str, Any], attempt: dict[str, Any], world: int,

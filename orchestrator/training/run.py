@@ -30,11 +30,11 @@ from typing import Any
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from orchestrator.spec.models import DataSourceSpec, JobSpec
 
 EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_GATE = 4  # a forgetting gate stopped the job, or no checkpoint passed it to roll back to
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; resume me
 
 
@@ -94,7 +94,7 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
                       f"continue with: ftctl resume {run_dir}")
         return EXIT_PREEMPTED
     summary = finish_job(spec, run_dir, result, started, console, config)
-    return EXIT_OK if summary["status"] == "succeeded" else EXIT_FAILED
+    return {"succeeded": EXIT_OK, "stopped_by_gate": EXIT_GATE}.get(summary["status"], EXIT_FAILED)
 
 
 class _Preemption:
@@ -202,7 +202,7 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
     import transformers
 
     from orchestrator.data.errors import DataError
-    from orchestrator.data.pipeline import prepare_dataset
+    from orchestrator.data.pipeline import mix_replay, prepare_dataset
     from orchestrator.models.build import ModelError, check_method_fits_model, load_tokenizer, resolve_model_dir
 
     datasets.disable_progress_bars()
@@ -214,6 +214,12 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
             check_method_fits_model(spec, model_dir)
         with console.status("preparing data"):
             train = prepare_dataset(spec.data.train, spec.data, tokenizer)
+            if spec.data.replay is not None:
+                replay = [prepare_dataset(source, spec.data, tokenizer) for source in spec.data.replay.sources]
+                plain_rows = len(train.dataset)
+                train = mix_replay(train, replay, spec.data.replay.ratio, spec.training.seed)
+                console.print(f"replay: {len(train.dataset) - plain_rows} source-task rows mixed into "
+                              f"{plain_rows} training rows (ratio {spec.data.replay.ratio:g})")
             evaluation = prepare_dataset(spec.data.eval, spec.data, tokenizer) if spec.data.eval else None
             forgetting = [_forgetting_task(task, spec, tokenizer) for task in spec.forgetting.tasks]
     except (ModelError, DataError) as err:
@@ -233,21 +239,57 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
     if len(train.dataset) < global_batch:
         raise JobFailed(f"{len(train.dataset)} training rows cannot fill one global batch of {global_batch} "
                         f"(workers x per_device_batch_size x grad_accum_steps); lower the batch or add data")
+    target = ({"name": "target", "metric": "exact_match", "rows": answer_rows(spec.data.eval, 200)}
+              if spec.data.eval is not None and spec.data.eval.format == "instruction" else None)
+    cache = baseline_cache_file(spec, model_dir, forgetting, target)
+    baseline = None
+    if cache.is_file():
+        try:
+            baseline = json.loads(cache.read_text())
+        except ValueError:
+            baseline = None
     return {
         "spec": spec.model_dump(mode="json"),
         "spec_hash": spec_hash(spec),
         "job_token": uuid.uuid4().hex[:12],
+        "baseline_cache": str(cache),
+        "baseline": baseline,
         "mlflow_tracking_uri": mlflow_tracking_uri(spec),
         "run_dir": str(run_dir),
         "model_dir": str(model_dir),
         "train_cache": str(train.cache_dir),
         "eval_cache": str(evaluation.cache_dir) if evaluation else None,
         "forgetting": forgetting,
-        "target": ({"name": "target", "metric": "exact_match", "rows": answer_rows(spec.data.eval, 200)}
-                   if spec.data.eval is not None and spec.data.eval.format == "instruction" else None),
+        "target": target,
         "data": {"train_fingerprint": train.fingerprint, "rows": s.rows_used, "skipped": s.rows_skipped,
                  "truncated": s.truncated, "eval_rows": s.rows_used if evaluation is None else evaluation.stats.rows_used},
     }
+
+
+def baseline_cache_file(spec: JobSpec, model_dir: Path, forgetting: list[dict[str, Any]],
+                        target: dict[str, Any] | None) -> Path:
+    """Where the base model's values on these tasks are cached: keyed by the base model's
+    content hash, each task's rows (or prepared data) and the settings evaluation depends on."""
+    from orchestrator.digest import tree_digest
+    from orchestrator.spec.paths import ftctl_home
+
+    def rows_id(entry: dict[str, Any]) -> Any:
+        if "rows" in entry:
+            return hashlib.sha256(json.dumps(entry["rows"], sort_keys=True).encode()).hexdigest()
+        return Path(entry["cache_dir"]).name  # the prepared data's fingerprint
+
+    home = ftctl_home()
+    key = {
+        "model": tree_digest(Path(model_dir), home / "digests.json"),
+        "revision": spec.model.revision, "dtype": spec.model.dtype, "precision": spec.training.precision,
+        "quantization": spec.method.quantization.model_dump(mode="json")
+        if spec.method.kind == "qlora" and spec.method.quantization else None,
+        "max_seq_len": spec.data.max_seq_len,
+        "tasks": [[e["name"], e["metric"], rows_id(e)] for e in forgetting],
+        "target": rows_id(target) if target else None,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return home / "baselines" / f"{digest}.json"
 
 
 def _forgetting_task(task, spec: JobSpec, tokenizer) -> dict[str, Any]:
@@ -412,15 +454,22 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         artifacts["adapter" if spec.method.kind in ("lora", "qlora") else "model"] = str(artifact)
         # The artifact loads on its own: tokenizer beside the weights.
         load_tokenizer(config["model_dir"], spec.model).save_pretrained(str(artifact))
-    forgetting = None
-    if result.get("forgetting_history"):
-        report = build_forgetting_report(spec, result["forgetting_history"])
+    forgetting, report = None, None
+    gate = result.get("gate")
+    kept = gate.get("kept_step") if gate else None
+    if result.get("forgetting_history") or result.get("target_history"):
+        report = build_forgetting_report(spec, result.get("forgetting_history") or [], result.get("target_history"),
+                                         final_step=kept if gate and gate["action"] == "rollback" else None,
+                                         eval_base=result.get("eval_base"), eval_final=result.get("final_eval"))
         write_forgetting_report(report, run_dir)
         artifacts["forgetting"] = str(run_dir / "forgetting.json")
         forgetting = report["summary"]
         _print_forgetting(report, console)
+    status = "succeeded"
+    if gate and (gate["action"] == "stop" or kept is None):
+        status = "stopped_by_gate"
     summary = {
-        "status": "succeeded",
+        "status": status,
         "world_size": result["world_size"],
         "steps": result["steps"],
         "samples_seen": result["samples_seen"],
@@ -434,7 +483,12 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         "checkpoint": result.get("checkpoint"),
         "mirror_errors": result.get("mirror_errors") or [],
         "forgetting": forgetting,
-        "target": result.get("target"),
+        "forgetting_gate": gate,
+        "negative_transfer": report["negative_transfer"] if report else None,
+        "forgetting_eval_seconds": round(result.get("forgetting_seconds", 0.0), 3),
+        "forgetting_eval_share": round(result.get("forgetting_seconds", 0.0)
+                                       / max(result["train_seconds"] - result.get("forgetting_seconds", 0.0), 1e-9), 4),
+        "baseline_cached": result.get("baseline_cached", False),
         "artifacts": artifacts,
     }
     _write_summary(run_dir, spec, summary, started)
@@ -445,10 +499,22 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
                   + (f", eval accuracy {result['final_eval']['eval_accuracy']:.3f}"
                      if result.get("final_eval", {}).get("eval_accuracy") is not None else "")
                   + f", {summary['train_seconds']:.1f}s training")
-    target = result.get("target")
-    if target and "final" in target:
-        base = f"base {target['base']:.3f} -> " if "base" in target else ""
-        console.print(f"  target task (data.eval) exact match: {base}{target['final']:.3f}")
+    if report and report.get("target"):
+        tg = report["target"]
+        console.print(f"  target task (data.eval) {tg['metric']}: base {tg['base']:.3f} -> {tg['final']:.3f}"
+                      + (" [red](negative transfer: worse than the base model)[/red]" if tg["worse"] else ""))
+    if gate:
+        trips = "; ".join(f"{t['task']} {t['metric']} {t['base']:.3f} -> {t['value']:.3f} (drop {t['drop']:.3f} > "
+                          f"{t['max_drop']:g})" for t in gate["tripped"])
+        if gate["action"] == "stop":
+            console.print(f"[red]✗ forgetting gate stopped the job at step {gate['step']}:[/red] {trips}; "
+                          f"no artifact was written (checkpoints are kept)")
+        elif kept is not None:
+            console.print(f"[yellow]forgetting gate tripped at step {gate['step']}:[/yellow] {trips}; rolled back: the "
+                          f"artifact is the checkpoint of step {kept}, the latest that passed every gate")
+        else:
+            console.print(f"[red]✗ forgetting gate tripped at step {gate['step']}:[/red] {trips}; no checkpoint passed "
+                          f"every gate, so there is nothing to roll back to and no artifact was written")
     console.print(f"  run dir: {run_dir}")
     return summary
 
@@ -461,10 +527,6 @@ def _write_summary(run_dir: Path, spec: JobSpec, summary: dict[str, Any], starte
 
 
 def _print_forgetting(report: dict[str, Any], console: Console) -> None:
-    table = Table(title="forgetting (held-out source tasks)")
-    for col in ("task", "metric", "base", "final", "change"):
-        table.add_column(col)
-    for name, task in report["tasks"].items():
-        table.add_row(name, task["metric"], f"{task['base']:.3f}", f"{task['final']:.3f}",
-                      f"{task['delta']:+.3f}" + (" worse" if task["worse"] else ""))
-    console.print(table)
+    from orchestrator.forgetting.report import forgetting_table
+
+    console.print(forgetting_table(report))

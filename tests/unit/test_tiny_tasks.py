@@ -84,10 +84,11 @@ def test_classification_is_balanced_and_labelled_right():
 
 def test_demo_data_files(tmp_path):
     written = write_demo_data(tmp_path / "a", n_train=300, n_eval=50)
+    replay = {f"replay_{task}" for task in tasks.SOURCE_TASKS}
     expected = {"target_train", "target_eval", "classify_train", "classify_eval", "text_train"} | {
         f"source_{task}" for task in tasks.SOURCE_TASKS
     }
-    assert set(written) == expected
+    assert set(written) == expected | replay
 
     def read(name):
         return [json.loads(line) for line in written[name].read_text().splitlines()]
@@ -102,6 +103,9 @@ def test_demo_data_files(tmp_path):
     assert not train_prompts & {row["prompt"] for row in read("target_eval")}
     pool = {row["prompt"] for row in pretraining_rows("arithmetic")}
     assert not pool & {row["prompt"] for row in read("source_arithmetic")}
+    # replay rows come from the base model's own training pool, never from the held-out rows
+    assert len(read("replay_arithmetic")) == 300 // 4
+    assert {row["prompt"] for row in read("replay_arithmetic")} <= pool
 
     again = write_demo_data(tmp_path / "b", n_train=300, n_eval=50)
     assert all(again[name].read_bytes() == written[name].read_bytes() for name in expected)

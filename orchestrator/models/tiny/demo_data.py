@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from orchestrator.models.tiny import tasks
-from orchestrator.models.tiny.build import heldout_rows
+from orchestrator.models.tiny.build import RECIPE, heldout_rows, pretraining_rows
 
 # Distinct from the build's own seeds; held-out source rows also exclude its training pool.
 TRAIN_SEED = 2_000
@@ -29,6 +29,7 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
 
     - ``target_train`` / ``target_eval``: the target task as ``{"prompt", "response"}``
     - ``source_<task>``: held-out rows of each source task the base model never trained on
+    - ``replay_<task>``: rows of each source task from the base model's own training pool
     - ``classify_train`` / ``classify_eval``: ``{"text", "label"}`` for the ``head`` method
     - ``text_train``: the target training rows as plain ``{"text"}`` (prompt + response)
     """
@@ -45,6 +46,9 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     for task in tasks.SOURCE_TASKS:
         rows = heldout_rows(task, n_eval, seed=SOURCE_EVAL_SEED)
         written[f"source_{task}"] = _write_jsonl(out_dir / f"source_{task}.jsonl", rows)
+        # Replay data is what the base model was trained on: disjoint from the held-out rows.
+        written[f"replay_{task}"] = _write_jsonl(out_dir / f"replay_{task}.jsonl",
+                                                 pretraining_rows(task, RECIPE)[:n_train // 4])
 
     classify_train = tasks.generate_classification(n_train, seed=TRAIN_SEED)
     classify_eval = tasks.generate_classification(

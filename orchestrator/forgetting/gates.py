@@ -1,0 +1,74 @@
+"""Forgetting gates: pure decisions over measured values.
+
+A gate is a task's largest allowed drop versus the base model, in the metric's own units
+(`forgetting.tasks[i].max_drop`, else `forgetting.max_drop`). A drop is a worsening in the
+metric's direction (lower exact match or accuracy, higher loss or perplexity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from orchestrator.forgetting.metrics import change
+
+
+@dataclass(frozen=True)
+class Gate:
+    task: str
+    metric: str
+    max_drop: float
+
+
+@dataclass(frozen=True)
+class Trip:
+    """A gate that a measurement broke."""
+
+    task: str
+    metric: str
+    base: float
+    value: float
+    drop: float
+    max_drop: float
+    step: int
+
+    def message(self) -> str:
+        return (f"{self.task} {self.metric} {self.base:.3f} -> {self.value:.3f} at step {self.step} "
+                f"(drop {self.drop:.3f} > max_drop {self.max_drop:g})")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gates_of(forgetting) -> list[Gate]:
+    """The gates a job's forgetting section sets (tasks without a threshold have none)."""
+    out = []
+    for task in forgetting.tasks:
+        limit = task.max_drop if task.max_drop is not None else forgetting.max_drop
+        if limit is not None:
+            out.append(Gate(task.name, task.metric, float(limit)))
+    return out
+
+
+def check_gates(gates: list[Gate], base: dict[str, float], current: dict[str, float], step: int) -> list[Trip]:
+    """Every gate the `current` values break against `base`. A drop equal to max_drop passes."""
+    trips = []
+    for gate in gates:
+        if gate.task not in base or gate.task not in current:
+            continue
+        drop = float(change(gate.metric, base[gate.task], current[gate.task])["drop"])
+        if drop > gate.max_drop + 1e-12:
+            trips.append(Trip(gate.task, gate.metric, base[gate.task], current[gate.task], drop, gate.max_drop, step))
+    return trips
+
+
+def latest_passing_step(gates: list[Gate], history: list[dict[str, Any]], candidate_steps: list[int]) -> int | None:
+    """The latest of `candidate_steps` (steps with a checkpoint) at which an evaluation was
+    made and passed every gate; None when there is none. history[0] is the base model."""
+    if not history:
+        return None
+    base = {k: v for k, v in history[0].items() if k != "step"}
+    evaluated = {h["step"]: h for h in history[1:]}
+    passing = [s for s in candidate_steps
+               if s in evaluated and not check_gates(gates, base, evaluated[s], s)]
+    return max(passing) if passing else None
