@@ -21,6 +21,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_WONT_FIT = 3
+EXIT_GATE = 4
 
 
 def cmd_validate(job: Path, overrides: list[str]) -> int:
@@ -141,6 +142,55 @@ def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) 
     return EXIT_WONT_FIT
 
 
+def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Path | None, metric: str,
+             max_examples: int | None, max_drop: float | None, out: Path | None) -> int:
+    """Evaluate a model (and an adapter on it) on held-out source tasks; print the forgetting table."""
+    import json
+
+    from orchestrator.spec import SpecError
+
+    if not tasks and job is None:
+        err_console.print("[red]✗[/red] name the tasks: --tasks PATH|NAME=PATH ..., or --job JOB.yaml to use its "
+                          "forgetting.tasks")
+        return EXIT_INVALID
+    if job is None and model is None:
+        err_console.print("[red]✗[/red] --model is needed without --job")
+        return EXIT_INVALID
+    from orchestrator.forgetting.standalone import eval_spec, evaluate_standalone
+
+    try:
+        spec = eval_spec(model, tasks, job, metric, max_examples, max_drop)
+    except SpecError as err:
+        print_problems(job or Path("--tasks"), err)
+        return EXIT_INVALID
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        err_console.print(f"[red]✗[/red] {adapter} is not a PEFT adapter dir (no adapter_config.json)")
+        return EXIT_INVALID
+    from orchestrator.data.errors import DataError
+    from orchestrator.forgetting.gates import check_gates, gates_of
+    from orchestrator.forgetting.report import build_forgetting_report, forgetting_table
+    from orchestrator.models.build import ModelError
+
+    try:
+        with console.status("evaluating") as status:
+            values = evaluate_standalone(spec, adapter, progress=status.update)
+    except (ModelError, DataError) as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
+        return EXIT_FAILED
+    after = values["adapted"] or values["base"]
+    report = build_forgetting_report(spec, [{"step": 0, **values["base"]}, {"step": 1, **after}])
+    title = f"{spec.model.path}" + (f" + {adapter}" if adapter else "") + ": held-out source tasks"
+    console.print(forgetting_table(report, title=title))
+    trips = check_gates(gates_of(spec.forgetting), values["base"], after, 1) if adapter else []
+    if out is not None:
+        out.write_text(json.dumps({"model": spec.model.path, "adapter": str(adapter) if adapter else None,
+                                   **values, "report": report, "tripped": [t.as_dict() for t in trips]}, indent=2))
+    for trip in trips:
+        err_console.print(f"[red]✗ gate:[/red] {trip.task} {trip.metric} {trip.base:.3f} -> {trip.value:.3f} "
+                          f"(drop {trip.drop:.3f} > max_drop {trip.max_drop:g})")
+    return EXIT_GATE if trips else EXIT_OK
+
+
 def cmd_demo_data(out_dir: Path) -> int:
     """Write the demo datasets (target task, held-out source tasks, classification) as JSONL."""
     from orchestrator.models.tiny.demo_data import write_demo_data
@@ -212,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GiB",
                    help="memory per GPU (default 80 when gpus_per_worker > 0; on CPU: RAM per worker, no default)")
 
+    p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__ + (
+        " With --adapter, the base model and the adapted one are compared. Exit 0, or 4 when a"
+        " task's drop exceeds --max-drop (or the job's gates)."))
+    p.add_argument("--model", default=None, help="base model: builtin:tiny-base or a local dir (default: the job's)")
+    p.add_argument("--adapter", type=Path, default=None, help="a PEFT adapter dir (a run's adapter/)")
+    p.add_argument("--tasks", nargs="*", default=[], metavar="[NAME=]PATH", help="held-out task files (instruction rows)")
+    p.add_argument("--job", type=Path, default=None, help="take the tasks (and gates) from this job's forgetting section")
+    p.add_argument("--metric", default="exact_match", choices=["exact_match", "loss", "perplexity"],
+                   help="metric for --tasks (default exact_match)")
+    p.add_argument("--max-examples", type=int, default=200, help="rows per task (default 200)")
+    p.add_argument("--max-drop", type=float, default=None, help="gate: the largest allowed drop of any task")
+    p.add_argument("--json", type=Path, default=None, dest="out", help="also write the values and report here")
+
     p = sub.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
 
@@ -224,6 +287,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": lambda a: cmd_run(a.job, a.overrides, a.run_dir, a.address, a.force_resume),
     "resume": lambda a: cmd_resume(a.run_dir, a.overrides, a.workers, a.force, a.address),
     "estimate": lambda a: cmd_estimate(a.job, a.overrides, a.gpu_memory),
+    "eval": lambda a: cmd_eval(a.model, a.adapter, a.tasks, a.job, a.metric, a.max_examples, a.max_drop, a.out),
     "demo-data": lambda a: cmd_demo_data(a.out_dir),
     "build-base": lambda a: cmd_build_base(),
 }

@@ -18,7 +18,7 @@ def greedy_exact_match(
     tokenizer: Any,
     rows: list[dict],
     max_new_tokens: int = 16,
-    batch_size: int = 64,
+    batch_size: int = 128,
 ) -> float:
     """Fraction of ``rows`` whose greedy continuation of ``bos + prompt`` equals ``response``.
 
@@ -46,6 +46,11 @@ def greedy_exact_match(
                 width = max(len(ids) for ids in prompts)
                 # Left padding keeps every prompt's last token in the last column, so new
                 # tokens line up across the batch.
+                # An answer longer than the longest expected one (plus slack for a different
+                # segmentation and eos) cannot match, so generation stops there.
+                longest = max(len(tokenizer(str(row["response"]), add_special_tokens=False)["input_ids"])
+                              for row in batch)
+                new_tokens = min(max_new_tokens, longest + 3)
                 input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])
                 attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
                 output = model.generate(
@@ -53,7 +58,7 @@ def greedy_exact_match(
                     attention_mask=attention.to(device),
                     do_sample=False,
                     num_beams=1,
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=new_tokens,
                     eos_token_id=eos,
                     pad_token_id=pad,
                 )

@@ -6,7 +6,8 @@ HIGHER_IS_BETTER = {"exact_match": True, "accuracy": True, "loss": False, "perpl
 
 
 def change(metric: str, base: float, value: float) -> dict[str, float | bool]:
-    """Absolute and relative change from `base`, and the drop (positive = worse)."""
+    """Absolute and relative change from `base` (0 when base is 0: undefined), and the
+    drop (positive = worse)."""
     delta = value - base
     drop = -delta if HIGHER_IS_BETTER[metric] else delta
     relative = delta / abs(base) if base else 0.0

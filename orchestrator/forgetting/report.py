@@ -84,13 +84,17 @@ def forgetting_table(report: dict[str, Any], title: str = "forgetting (held-out 
             (f"ok (max drop {task['max_drop']:g})" if task["passed"] else f"[red]tripped (max drop {task['max_drop']:g})[/red]")
         table.add_row(name, task["metric"], f"{task['base']:.3f}", f"{task['final']:.3f}",
                       f"{task['delta']:+.3f}" + (" worse" if task["worse"] else ""),
-                      f"{task['relative_delta']:+.1%}", gate)
+                      _relative(task), gate)
     target = report.get("target")
     if target:
         table.add_row("[bold]target[/bold] (data.eval)", target["metric"], f"{target['base']:.3f}",
                       f"{target['final']:.3f}", f"{target['delta']:+.3f}" + (" worse" if target["worse"] else ""),
-                      f"{target['relative_delta']:+.1%}", "[red]negative transfer[/red]" if target["worse"] else "")
+                      _relative(target), "[red]negative transfer[/red]" if target["worse"] else "")
     return table
+
+
+def _relative(entry: dict[str, Any]) -> str:
+    return f"{entry['relative_delta']:+.1%}" if entry["base"] else "n/a"  # no relative change from 0
 
 
 def plot_forgetting(report: dict[str, Any], out: Path) -> None:

@@ -28,7 +28,7 @@ class ForgettingWatch:
         self.state, self.args, self.rank = state, evaluate_args, rank
         state.setdefault("forgetting_history", [])
         state.setdefault("target_history", [])
-        state.setdefault("forgetting_seconds", 0.0)
+        state.setdefault("forgetting_evals", [])  # step and seconds of each evaluation
         state.setdefault("baseline_cached", False)
 
     @property
@@ -78,7 +78,7 @@ class ForgettingWatch:
         if self.target:
             value = evaluate_forgetting(*self.args[:2], self.target, *self.args[2:])["target"]
             self.target_history.append({"step": step, "value": value})
-        self.state["forgetting_seconds"] += time.perf_counter() - started
+        self.state["forgetting_evals"].append({"step": step, "seconds": round(time.perf_counter() - started, 4)})
         return values
 
     def _read_cache(self) -> dict[str, Any] | None:

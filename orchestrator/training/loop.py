@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     attempt, resume_from = _begin_attempt(config, checkpoints, rank)
     state: dict[str, Any] = {"step": 0, "samples": 0, "tokens": 0, "train_seconds": 0.0,
                              "position": DataPosition().as_dict(), "forgetting_history": [], "target_history": [],
-                             "forgetting_seconds": 0.0, "eval_base": None}
+                             "forgetting_evals": [], "eval_base": None}
     if resume_from is not None:
         state.update(load_training_state(resume_from, accelerator, model, optimizer, scheduler, spec))
     position = DataPosition.from_dict(state["position"])
@@ -248,7 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _write_json(run_dir / "worker_result.json", {
             "world_size": world, "steps": state["step"], "samples_seen": state["samples"],
             "tokens_seen": state["tokens"], "train_seconds": state["train_seconds"],
-            "forgetting_seconds": state["forgetting_seconds"], "baseline_cached": state.get("baseline_cached", False),
+            "forgetting_evals": state["forgetting_evals"], "baseline_cached": state.get("baseline_cached", False),
             "final_loss": log.last_loss, "final_eval": final, "eval_base": state["eval_base"],
             "forgetting_history": watch.history, "target_history": watch.target_history,
             "params": {"trainable": params.trainable, "total": params.total},

@@ -485,9 +485,7 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         "forgetting": forgetting,
         "forgetting_gate": gate,
         "negative_transfer": report["negative_transfer"] if report else None,
-        "forgetting_eval_seconds": round(result.get("forgetting_seconds", 0.0), 3),
-        "forgetting_eval_share": round(result.get("forgetting_seconds", 0.0)
-                                       / max(result["train_seconds"] - result.get("forgetting_seconds", 0.0), 1e-9), 4),
+        **forgetting_cost(result),
         "baseline_cached": result.get("baseline_cached", False),
         "artifacts": artifacts,
     }
@@ -517,6 +515,16 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
                           f"every gate, so there is nothing to roll back to and no artifact was written")
     console.print(f"  run dir: {run_dir}")
     return summary
+
+
+def forgetting_cost(result: dict[str, Any]) -> dict[str, float]:
+    """Seconds spent evaluating forgetting (base model, during training, at the end) and
+    their share of the training time proper (the step loop minus the evaluations inside it)."""
+    evals = result.get("forgetting_evals") or []
+    total = sum(e["seconds"] for e in evals)
+    inside = sum(e["seconds"] for e in evals if 0 < e["step"] < result["steps"])
+    training = max(result["train_seconds"] - inside, 1e-9)
+    return {"forgetting_eval_seconds": round(total, 3), "forgetting_eval_share": round(total / training, 4)}
 
 
 def _write_summary(run_dir: Path, spec: JobSpec, summary: dict[str, Any], started: float) -> None:

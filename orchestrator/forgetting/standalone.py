@@ -1,0 +1,62 @@
+"""`ftctl eval`: held-out source tasks on any model or adapter, outside a training job.
+
+One process, no Ray: the base model is evaluated, then (with an adapter) the base model
+with the adapter, and the change is reported with the same table, metrics and gates as a
+training job's forgetting report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec.models import JobSpec
+
+
+def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_examples: int | None,
+              max_drop: float | None) -> JobSpec:
+    """A job holding just what evaluation needs: the model and the forgetting tasks, from
+    `job`'s forgetting section or from `name=path` / `path` entries."""
+    from orchestrator.spec import load_spec, resolve_spec
+
+    if job is not None:
+        overrides = ([f"model.path={model}"] if model else []) + \
+            ([f"forgetting.max_drop={max_drop}"] if max_drop is not None else [])
+        return load_spec(job, overrides)
+    entries = []
+    for item in tasks:
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        name = name or Path(path).stem.removeprefix("source_")
+        entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples})
+    raw = {"name": "eval", "model": {"path": model}, "data": {"train": {"path": entries[0]["path"]}},
+           "forgetting": {"tasks": entries, "max_drop": max_drop}}
+    return resolve_spec(raw)
+
+
+def evaluate_standalone(spec: JobSpec, adapter: Path | None, progress=lambda _m: None) -> dict[str, Any]:
+    """{"base": {task: value}, "adapted": {task: value} | None}."""
+    import torch
+    import transformers
+    from accelerate import Accelerator
+
+    from orchestrator.models.build import load_tokenizer, resolve_model_dir
+    from orchestrator.training.evaluation import evaluate_forgetting
+    from orchestrator.training.run import _forgetting_task
+
+    transformers.utils.logging.disable_progress_bar()
+    model_dir = resolve_model_dir(spec.model, progress=progress)
+    tokenizer = load_tokenizer(model_dir, spec.model)
+    tasks = [_forgetting_task(task, spec, tokenizer) for task in spec.forgetting.tasks]
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)).to(accelerator.device)
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    progress("evaluating the base model")
+    base = evaluate_forgetting(accelerator, model, tasks, tokenizer, pad_id, shard=False)
+    adapted = None
+    if adapter is not None:
+        from peft import PeftModel
+
+        progress(f"evaluating with the adapter {adapter}")
+        model = PeftModel.from_pretrained(model, str(adapter)).to(accelerator.device)
+        adapted = evaluate_forgetting(accelerator, model, tasks, tokenizer, pad_id, shard=False)
+    return {"base": base, "adapted": adapted}
