@@ -7,10 +7,13 @@ training job's forgetting report.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from orchestrator.spec.models import JobSpec
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_.-]*$")  # ForgettingTaskSpec.name's pattern, or empty
 
 
 def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_examples: int | None,
@@ -25,7 +28,11 @@ def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_e
         return load_spec(job, overrides)
     entries = []
     for item in tasks:
-        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        # NAME=PATH splits at the first "=" when what precedes it can be a task name; a path
+        # may hold "=" itself (partitioned folders such as split=test/).
+        name, sep, path = item.partition("=")
+        if not sep or not _TASK_NAME.match(name):
+            name, path = "", item
         name = name or Path(path).stem.removeprefix("source_")
         entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples})
     raw = {"name": "eval", "model": {"path": model}, "data": {"train": {"path": entries[0]["path"]}},

@@ -45,9 +45,12 @@ class ForgettingWatch:
     def baseline(self) -> None:
         """The base model's values (step 0): from the cache when this base, these tasks and
         these evaluation settings were measured before; else measured and cached."""
+        if not self.tasks and not self.target:
+            return
         cached = self._read_cache()
         if cached is not None:
-            self.history.append({"step": 0, **cached["tasks"]} if self.tasks else {"step": 0})
+            if self.tasks:
+                self.history.append({"step": 0, **cached["tasks"]})
             if cached.get("target") is not None:
                 self.target_history.append({"step": 0, "value": cached["target"]})
             self.state["baseline_cached"] = True
@@ -55,7 +58,8 @@ class ForgettingWatch:
         self._measure(0)
         if self.rank == 0 and self.cache is not None:
             target = self.target_history[0]["value"] if self.target_history else None
-            _write_json(self.cache, {"tasks": {k: v for k, v in self.history[0].items() if k != "step"},
+            tasks = {k: v for k, v in self.history[0].items() if k != "step"} if self.tasks else {}
+            _write_json(self.cache, {"tasks": tasks,
                                      "target": target, "created_at": time.time()})
 
     def evaluate(self, step: int) -> tuple[dict[str, float], list[Trip]]:
