@@ -7,12 +7,12 @@ command trains:
   lora+replay   the same, with 20% of the training rows replayed from the base model's own
                 training data (data.replay, all four source tasks)
   full          full fine-tuning (lr 1e-3)
-  full+l2sp     the same with L2-SP toward the base weights (training.l2sp)
+  full+l2sp=X   the same with L2-SP toward the base weights (training.l2sp, each --l2sp value)
 and prints per run: target-task exact match gain, each source task's drop (base - final
 exact match), the mean drop and its ratio to lora's, training seconds and their ratio,
 and the share of time spent evaluating forgetting.
 
-Run: python bench/bench_forgetting.py [--steps 300] [--l2sp 10] [--replay 0.2]
+Run: python bench/bench_forgetting.py [--steps 300] [--l2sp 1 10] [--replay 0.2]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ TASKS = ["arithmetic", "reversal", "sorting", "kv_recall"]
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--l2sp", type=float, default=10.0)
+    parser.add_argument("--l2sp", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--replay", type=float, default=0.2)
     parser.add_argument("--out", type=Path, default=Path("bench-runs/forgetting"))
     args = parser.parse_args()
@@ -45,11 +45,12 @@ def main() -> int:
     replay = ("data.replay={ratio: %g, sources: [%s]}"
               % (args.replay, ", ".join(f"{{path: 'builtin:demo/replay_{t}.jsonl'}}" for t in TASKS)))
     full = ["method.kind=full", "method.lora=null", "training.lr=1e-3"]
-    runs = {"lora": [], "lora+replay": [replay], "full": full, "full+l2sp": [*full, f"training.l2sp={args.l2sp}"]}
+    runs = {"lora": [], "lora+replay": [replay], "full": full,
+            **{f"full+l2sp={x:g}": [*full, f"training.l2sp={x}"] for x in args.l2sp}}
     results = {}
     for name, overrides in runs.items():
         spec = load_spec(QUICKSTART, [f"training.max_steps={args.steps}", *overrides])
-        run_dir = args.out / name.replace("+", "-")
+        run_dir = args.out / name.replace("+", "-").replace("=", "")
         print(f"running {name} ...", flush=True)
         code = run_job(spec, run_dir=run_dir, console=Console(file=io.StringIO(), width=200))
         if code != 0:
@@ -65,12 +66,12 @@ def main() -> int:
         }
     base = results["lora"]
     base_drop = sum(base["drops"].values()) / len(TASKS)
-    header = f"{'run':<12} {'target gain':>11} " + " ".join(f"{t[:10]:>10}" for t in TASKS) + \
+    header = f"{'run':<14} {'target gain':>11} " + " ".join(f"{t[:10]:>10}" for t in TASKS) + \
         f" {'mean drop':>9} {'x lora':>7} {'train s':>8} {'x lora':>7} {'eval share':>10}"
     print(header)
     for name, r in results.items():
         mean = sum(r["drops"].values()) / len(TASKS)
-        print(f"{name:<12} {r['target_gain']:>+11.3f} " + " ".join(f"{r['drops'][t]:>10.3f}" for t in TASKS)
+        print(f"{name:<14} {r['target_gain']:>+11.3f} " + " ".join(f"{r['drops'][t]:>10.3f}" for t in TASKS)
               + f" {mean:>9.3f} {mean / max(base_drop, 1e-9):>7.2f} {r['train_s']:>8.1f}"
               + f" {r['train_s'] / base['train_s']:>7.2f} {r['eval_share']:>10.1%}")
     print("drop = base exact match - final exact match on 200 held-out rows per source task (higher is worse)")

@@ -282,6 +282,7 @@ def baseline_cache_file(spec: JobSpec, model_dir: Path, forgetting: list[dict[st
     key = {
         "model": tree_digest(Path(model_dir), home / "digests.json"),
         "revision": spec.model.revision, "dtype": spec.model.dtype, "precision": spec.training.precision,
+        "device": "gpu" if spec.resources.gpus_per_worker > 0 else "cpu",  # dtype auto loads differently there
         "quantization": spec.method.quantization.model_dump(mode="json")
         if spec.method.kind == "qlora" and spec.method.quantization else None,
         "max_seq_len": spec.data.max_seq_len,
