@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def main() -> int:
     for name, overrides in runs.items():
         spec = load_spec(QUICKSTART, [f"training.max_steps={args.steps}", *overrides])
         run_dir = args.out / name.replace("+", "-").replace("=", "")
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an earlier one
         print(f"running {name} ...", flush=True)
         code = run_job(spec, run_dir=run_dir, console=Console(file=io.StringIO(), width=200))
         if code != 0:
