@@ -40,7 +40,8 @@ class ForgettingWatch:
         return self.state["target_history"]
 
     def due(self, step: int, total_steps: int) -> bool:
-        return bool((self.tasks or self.target) and self.every and step % self.every == 0 and step < total_steps)
+        """Every `every_steps` and at the last step (whose record then carries the values)."""
+        return bool((self.tasks or self.target) and (step == total_steps or (self.every and step % self.every == 0)))
 
     def baseline(self) -> None:
         """The base model's values (step 0): from the cache when this base, these tasks and

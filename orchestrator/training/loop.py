@@ -140,6 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model.train()
     started = time.perf_counter() - state["train_seconds"]
     preempted = False
+    last_record: dict[str, Any] = {"loss": log.last_loss} if log.last_loss is not None else {}
     while state["step"] < total_steps:
         position = plan.normalise(position)
         epoch = position.epoch
@@ -204,6 +205,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     gate_trips = trips
         if record:
             log.write(record)
+        last_record = record
         if stop:  # preemption: commit this step now, within the driver's grace period
             save(blocking=True, metrics=record)
             preempted = True
@@ -229,17 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     final: dict[str, Any] = {"step": state["step"]}
     if eval_set is not None:
         final.update(evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval))
-    final_metrics = {"loss": log.last_loss} if log.last_loss is not None else {}
-    if not gate_trips and (watch.tasks or watch.target):
-        scalars, trips = watch.evaluate(state["step"])
-        final_metrics.update(gates_passed=float(not trips))
-        if rank == 0:
-            log.write({"step": state["step"], **scalars})
-        if trips:
-            _gate_message(spec, trips, rank)
-            if spec.forgetting.action != "warn":
-                gate_trips = trips
-    save(blocking=True, metrics=final_metrics)
+    save(blocking=True, metrics=last_record)
     mirror_errors = writer.mirror_errors + (mirror.wait() if mirror is not None else [])
     gate = _apply_gate(spec, gate_trips, watch, writer, accelerator, model, optimizer, scheduler) if gate_trips else None
     if gate is None or gate.get("kept_step") is not None:
