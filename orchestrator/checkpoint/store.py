@@ -37,9 +37,10 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def staging_dir(checkpoints: Path, step: int) -> Path:
-    """Where the ranks write a checkpoint before it is committed."""
-    return checkpoints / f".tmp-{step_dir_name(step)}"
+def staging_dir(checkpoints: Path, step: int, attempt: str = "") -> Path:
+    """Where the ranks write a checkpoint before it is committed (one per worker-group
+    attempt, so a restart never mixes its files with a crashed attempt's)."""
+    return checkpoints / (f".tmp-{step_dir_name(step)}" + (f"-{attempt}" if attempt else ""))
 
 
 def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int | None = None,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.checkpoint.store import Best, CheckpointError, commit_checkpoint, fsync_file, step_dir_name
+from orchestrator.checkpoint.store import Best, CheckpointError, commit_checkpoint, fsync_file, staging_dir, step_dir_name
 
 
 FileWriter = Callable[[Path], None]
@@ -39,7 +39,7 @@ class CheckpointWriter:
 
     def staging(self, step: int) -> Path:
         """This attempt's staging dir for a step (created on first use)."""
-        path = self.checkpoints / f".tmp-{step_dir_name(step)}-{self.attempt}"
+        path = staging_dir(self.checkpoints, step, self.attempt)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

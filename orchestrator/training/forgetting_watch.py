@@ -48,7 +48,7 @@ class ForgettingWatch:
         these evaluation settings were measured before; else measured and cached."""
         if not self.tasks and not self.target:
             return
-        cached = self._read_cache()
+        cached = self._cached_baseline()
         if cached is not None:
             if self.tasks:
                 self.history.append({"step": 0, **cached["tasks"]})
@@ -86,7 +86,7 @@ class ForgettingWatch:
         self.state["forgetting_evals"].append({"step": step, "seconds": round(time.perf_counter() - started, 4)})
         return values
 
-    def _read_cache(self) -> dict[str, Any] | None:
+    def _cached_baseline(self) -> dict[str, Any] | None:
         # Read by the driver (config["baseline"]), so every rank takes the same branch.
         data = self.config_baseline
         if not data or set(data.get("tasks", {})) != {t["name"] for t in self.tasks}:
