@@ -20,7 +20,7 @@ BATCH_SHAPE = ("resources.workers", "training.per_device_batch_size", "training.
 
 def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Lines 'field: old -> new' for each difference that breaks exact resume."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_fields(saved), flatten_fields(current)
     lines = []
     for key in sorted(set(old) | set(new)):
         if key.startswith(HARMLESS_PREFIXES) or key in BATCH_SHAPE:
@@ -41,7 +41,7 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 def keep_global_batch(saved: dict[str, Any], workers: int) -> dict[str, int] | None:
     """training.grad_accum_steps that keeps the saved global batch on `workers` workers
     with the saved per-device batch; None when it does not divide."""
-    flat = _flatten(saved)
+    flat = flatten_fields(saved)
     per_step = workers * flat["training.per_device_batch_size"]
     total = _global_batch(flat)
     if total % per_step:
@@ -54,16 +54,17 @@ def _global_batch(flat: dict[str, Any]) -> int:
         * int(flat["training.grad_accum_steps"])
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_fields(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b[0].c": value, ...} for a nested spec dict."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_fields(value, f"{prefix}{key}."))
         return out if data else {prefix[:-1]: {}}
     if isinstance(data, list):
         out = {}
         for i, value in enumerate(data):
-            out.update(_flatten(value, f"{prefix[:-1]}[{i}]."))
+            out.update(flatten_fields(value, f"{prefix[:-1]}[{i}]."))
         return out if data else {prefix[:-1]: []}
     return {prefix[:-1]: data}
 

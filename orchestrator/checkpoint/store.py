@@ -92,6 +92,11 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path=path, step=step, spec_hash=str(manifest.get("spec_hash", "")))
 
 
+def step_of(path: Path) -> int:
+    """The step a checkpoint dir is named for."""
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
 def list_checkpoints(checkpoints: Path) -> list[Path]:
     """Committed-looking checkpoint dirs, oldest first (not yet verified)."""
     if not checkpoints.is_dir():

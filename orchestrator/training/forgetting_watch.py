@@ -7,12 +7,11 @@ same gate decision without further communication.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.jsonfile import write_json
 from orchestrator.forgetting.gates import Trip, check_gates, gates_of
 from orchestrator.training.evaluation import evaluate_forgetting
 
@@ -60,7 +59,7 @@ class ForgettingWatch:
         if self.rank == 0 and self.cache is not None:
             target = self.target_history[0]["value"] if self.target_history else None
             tasks = {k: v for k, v in self.history[0].items() if k != "step"} if self.tasks else {}
-            _write_json(self.cache, {"tasks": tasks,
+            write_json(self.cache, {"tasks": tasks,
                                      "target": target, "created_at": time.time()})
 
     def evaluate(self, step: int) -> tuple[dict[str, float], list[Trip]]:
@@ -94,10 +93,3 @@ class ForgettingWatch:
         if self.target and data.get("target") is None:
             return None
         return data
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

@@ -15,6 +15,7 @@ import math
 from contextlib import nullcontext
 import os
 import random
+import re
 import socket
 import time
 from pathlib import Path
@@ -23,10 +24,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator.checkpoint.store import Best, CheckpointError, list_checkpoints, verify_checkpoint
+from orchestrator.checkpoint.store import Best, CheckpointError, list_checkpoints, step_of, verify_checkpoint
 from orchestrator.checkpoint.writer import CheckpointWriter
+from orchestrator.checkpoint.compat import flatten_fields
 from orchestrator.data.pipeline import collate, load_prepared
 from orchestrator.data.sampling import BatchPlan, DataPosition
+from orchestrator.jsonfile import write_json
 from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.spec.models import JobSpec
 from orchestrator.data.formats import IGNORE_INDEX as IGNORE
@@ -117,7 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       tensorboard_dir=run_dir / "tensorboard" if spec.tracking.tensorboard else None,
                       mlflow=_mlflow_run(spec, config, run_dir) if spec.tracking.mlflow and rank == 0 else None)
     if rank == 0:
-        _write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
+        write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
                                                       "params": {"trainable": params.trainable, "total": params.total},
                                                       "total_steps": total_steps, "step": state["step"]})
     watch = ForgettingWatch(spec, config, state, (accelerator, model, tokenizer, pad_id, shard_eval), rank)
@@ -221,7 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if mirror is not None:
             mirror.close()
         if rank == 0:
-            _write_json(run_dir / "worker_result.json", {"preempted": True, "world_size": world, "steps": state["step"],
+            write_json(run_dir / "worker_result.json", {"preempted": True, "world_size": world, "steps": state["step"],
                                                           "checkpoint": str(writer.committed[-1])})
         log.close()
         accelerator.wait_for_everyone()
@@ -237,7 +240,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if gate is None or gate.get("kept_step") is not None:
         _save_artifact(run_dir, spec, accelerator, model)
     if rank == 0:
-        _write_json(run_dir / "worker_result.json", {
+        write_json(run_dir / "worker_result.json", {
             "world_size": world, "steps": state["step"], "samples_seen": state["samples"],
             "tokens_seen": state["tokens"], "train_seconds": state["train_seconds"],
             "forgetting_evals": state["forgetting_evals"], "baseline_cached": state.get("baseline_cached", False),
@@ -349,24 +352,10 @@ def _mlflow_run(spec: JobSpec, config: dict[str, Any], run_dir: Path):
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(spec.tracking.experiment or spec.name)
     mlflow.start_run(run_name=run_dir.name)
-    flat = _flatten(spec.model_dump(mode="json"))
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    flat = flatten_fields(spec.model_dump(mode="json"))
+    # MLflow keys allow no brackets: forgetting.tasks[0].name -> forgetting.tasks.0.name
+    mlflow.log_params({re.sub(r"\[(\d+)\]", r".\1", k): str(v)[:500] for k, v in flat.items()})
     return mlflow
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _gate_message(spec: JobSpec, trips, rank: int) -> None:
@@ -384,10 +373,10 @@ def _apply_gate(spec: JobSpec, trips, watch: ForgettingWatch, writer: Checkpoint
     gate: dict[str, Any] = {"action": spec.forgetting.action, "tripped": [t.as_dict() for t in trips],
                             "step": trips[0].step, "kept_step": None, "kept_checkpoint": None}
     if spec.forgetting.action == "rollback":
-        by_step = {verify_checkpoint(p).step: p for p in list_checkpoints(writer.checkpoints)}
+        by_step = {step_of(p): p for p in list_checkpoints(writer.checkpoints)}
         kept = latest_passing_step(watch.gates, watch.history, sorted(by_step))
         if kept is not None:
-            load_training_state(by_step[kept], accelerator, model, optimizer, scheduler, spec)
+            load_training_state(verify_checkpoint(by_step[kept]).path, accelerator, model, optimizer, scheduler, spec)
             gate.update(kept_step=kept, kept_checkpoint=str(by_step[kept]))
     return gate
 
@@ -431,7 +420,7 @@ def _begin_attempt(config: dict[str, Any], checkpoints: Path, rank: int) -> tupl
     # Where each rank runs, for operators (and the fault-injection tests).
     workers = Path(config["run_dir"]) / "workers"
     workers.mkdir(exist_ok=True)
-    _write_json(workers / f"rank-{rank:05d}.json", {"pid": os.getpid(), "host": socket.gethostname(),
+    write_json(workers / f"rank-{rank:05d}.json", {"pid": os.getpid(), "host": socket.gethostname(),
                                                      "attempt": attempt["number"]})
     return attempt, Path(resume) if resume else None
 
