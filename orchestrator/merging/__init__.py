@@ -1,0 +1,1 @@
+"""Adapter merging: LoRA / QLoRA / multi-adapter (linear, TIES, DARE, cat), verified."""
