@@ -191,6 +191,72 @@ def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Pat
     return EXIT_GATE if trips else EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge one or more LoRA/QLoRA adapters into a base model, verify it, and write a model dir."""
+    import json
+
+    from orchestrator.merging.export import MergeVerificationFailed, merge_and_verify
+    from orchestrator.merging.inputs import build_request
+    from orchestrator.merging.merge import MergeError
+    from orchestrator.spec import SpecError
+
+    if args.weight and len(args.weight) != len(args.adapter):
+        err_console.print(f"[red]✗[/red] {len(args.adapter)} --adapter but {len(args.weight)} --weight; give one "
+                          f"--weight per --adapter, or none (1.0 each)")
+        return EXIT_INVALID
+    try:
+        with console.status("preparing the merge") as status:
+            request = build_request(
+                adapters=args.adapter, out=args.out, base=args.base, weights=args.weight, method=args.method,
+                dtype=args.dtype, density=args.density, seed=args.seed, tolerance=args.tolerance,
+                shard_size=args.shard_size, tasks=args.tasks, metric=args.metric, max_examples=args.max_examples,
+                heldout=args.heldout, job=args.job, quantized=args.quantized, progress=console.print)
+            manifest = merge_and_verify(request, progress=status.update)
+    except MergeVerificationFailed as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps(err.report, indent=2))
+        return EXIT_FAILED
+    except (MergeError, SpecError) as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
+        return EXIT_INVALID
+    if args.json is not None:
+        args.json.write_text(json.dumps(manifest, indent=2))
+    print_merge(manifest)
+    return EXIT_OK
+
+
+def print_merge(manifest: dict) -> None:
+    from rich.table import Table
+
+    v, stats = manifest["verification"], manifest["merge"]
+    names = ", ".join(f"{a['path']} (x{a['weight']:g})" for a in manifest["adapters"])
+    console.print(f"[green]✓[/green] merged {names} into {manifest['base']['path']} -> {manifest['path']}")
+    console.print(f"  method {manifest['method']}" + (f" (density {manifest['density']:g}, seed {manifest['seed']})"
+                                                     if manifest["method"] not in ("linear", "cat") else "")
+                  + f", {manifest['output_dtype']}, {len(stats['shards'])} shard(s), {stats['tensors_changed']} of "
+                    f"{stats['tensors']} tensors changed, {stats['seconds']:.1f}s")
+    console.print(f"  verified: max |logit difference| vs {v['reference']} = {v['max_abs_logit_diff']:.2e} "
+                  f"(tolerance {v['tolerance']:g}, {v['probe']} {v['probe_shape']})")
+    if stats.get("peak_rss_growth_bytes") is not None:
+        console.print(f"  memory: peak RSS grew {stats['peak_rss_growth_bytes'] / 2**20:.0f} MiB while merging "
+                      f"(largest output shard {stats['largest_shard_bytes'] / 2**20:.0f} MiB)")
+    gap = manifest.get("quantisation_gap")
+    if gap:
+        console.print(f"  quantisation gap (held-out loss): merged {gap['merged_loss']:.4f} vs 4-bit base + adapter "
+                      f"{gap['quantized_base_adapter_loss']:.4f}: {gap['gap']:+.4f}")
+    metrics = manifest.get("task_metrics")
+    if metrics:
+        tasks = list(next(iter(metrics.values())))
+        table = Table(title="task metrics: each adapter alone (before) and the merged model (after)")
+        table.add_column("model")
+        for t in tasks:
+            table.add_column(t, justify="right")
+        for model, values in metrics.items():
+            table.add_row(model, *(f"{values[t]:.3f}" for t in tasks))
+        console.print(table)
+
+
 def cmd_demo_data(out_dir: Path) -> int:
     """Write the demo datasets (target task, held-out source tasks, classification) as JSONL."""
     from orchestrator.models.tiny.demo_data import write_demo_data
@@ -275,6 +341,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=None, help="gate: the largest allowed drop of any task")
     p.add_argument("--json", type=Path, default=None, dest="out", help="also write the values and report here")
 
+    p = sub.add_parser("merge", help=cmd_merge.__doc__, description=cmd_merge.__doc__ + (
+        " The merged model is compared with base + adapter(s) on a held-out batch and written only when the largest"
+        " logit difference is within the tolerance. Exit 0 when merged, 1 when verification failed, 2 when the merge"
+        " was refused (bad input, an adapter the base already carries, an existing --out)."))
+    p.add_argument("--adapter", type=Path, action="append", required=True,
+                   help="a PEFT adapter dir or a run dir holding adapter/ (repeat for a multi-adapter merge)")
+    p.add_argument("--weight", type=float, action="append", default=None,
+                   help="weight of the matching --adapter, in order (default 1.0 each)")
+    p.add_argument("--base", default=None, help="base model dir or builtin:tiny-base (default: the adapter's recorded base)")
+    p.add_argument("--method", default="linear", choices=["linear", "ties", "dare_linear", "dare_ties", "cat"],
+                   help="how several adapters combine (default linear: the weighted sum of their updates)")
+    p.add_argument("--density", type=float, default=None, help="ties/dare: fraction of each update kept (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="dare: seed of the random drops (default 0)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the merged weights (default auto: the base's stored dtype)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest allowed |logit difference| (default by dtype: float32 1e-4)")
+    p.add_argument("--shard-size", default="2GB", help="largest output shard (default 2GB)")
+    p.add_argument("--tasks", nargs="*", default=[], metavar="[NAME=]PATH",
+                   help="report these tasks' metric on the base, each adapter alone and the merged model")
+    p.add_argument("--metric", default="exact_match", choices=["exact_match", "loss", "perplexity"],
+                   help="metric for --tasks (default exact_match)")
+    p.add_argument("--max-examples", type=int, default=200, help="rows per task (default 200)")
+    p.add_argument("--heldout", type=Path, default=None,
+                   help="held-out instruction rows: the verification batch, and the qlora quantisation gap's data")
+    p.add_argument("--job", type=Path, default=None,
+                   help="the job the adapter was trained by: its qlora settings, data.eval and forgetting tasks "
+                        "(default: the adapter's run dir job.yaml, for the first two)")
+    p.add_argument("--quantized", default=None, choices=["nf4", "fp4"],
+                   help="the adapter was trained on a 4-bit base of this type (qlora) and no job file says so")
+    p.add_argument("--out", type=Path, required=True, help="new dir for the merged model")
+    p.add_argument("--json", type=Path, default=None, help="also write the merge manifest here")
+
     p = sub.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
 
@@ -288,6 +387,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resume": lambda a: cmd_resume(a.run_dir, a.overrides, a.workers, a.force, a.address),
     "estimate": lambda a: cmd_estimate(a.job, a.overrides, a.gpu_memory),
     "eval": lambda a: cmd_eval(a.model, a.adapter, a.tasks, a.job, a.metric, a.max_examples, a.max_drop, a.out),
+    "merge": cmd_merge,
     "demo-data": lambda a: cmd_demo_data(a.out_dir),
     "build-base": lambda a: cmd_build_base(),
 }

@@ -7,8 +7,8 @@ weight w_i. A module an adapter does not touch contributes zeros.
 - cat:         the same sum, built from the adapters' factors stacked along the rank, so the
                combined adapter also exists as one LoRA adapter of rank sum_i r_i.
 - ties:        keep each tau_i's top `density` fraction by magnitude; elect each entry's sign
-               from the weighted sum of the kept values; average, weighted, only the kept
-               values that agree with the elected sign (TIES-Merging, Yadav et al. 2023).
+               from the weighted sum of the kept values; average, weighted, only the weighted
+               kept values that agree with the elected sign (TIES-Merging, Yadav et al. 2023).
 - dare_linear: drop each entry of tau_i with probability 1 - density, rescale the rest by
                1 / density, then sum weighted (DARE, Yu et al. 2023).
 - dare_ties:   DARE's drop and rescale, then TIES's sign election and disjoint mean.
@@ -85,13 +85,15 @@ def elect_sign(kept: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.
 
 
 def disjoint_mean(kept: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """Weighted mean, per entry, of the non-zero kept values that agree with the elected sign."""
+    """Per entry, the weighted values (w_i * kept_i) that agree with the elected sign, summed
+    and divided by the total |w_i| of the adapters that contributed them."""
     sign = elect_sign(kept, weights)
     num = torch.zeros_like(kept[0])
     den = torch.zeros_like(kept[0])
     for d, w in zip(kept, weights):
-        agree = (d != 0) & (torch.sign(d) == sign)
-        num += torch.where(agree, d * w, torch.zeros_like(d))
+        weighted = d * w
+        agree = (weighted != 0) & (torch.sign(weighted) == sign)
+        num += torch.where(agree, weighted, torch.zeros_like(weighted))
         den += agree.to(d.dtype) * abs(w)
     return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
 

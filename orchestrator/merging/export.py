@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from orchestrator.merging.adapters import AdapterError, load_adapter
 from orchestrator.merging.combine import EXACT_METHODS
-from orchestrator.merging.merge import MANIFEST, MergeError, merge_weights, write_cat_adapter
+from orchestrator.merging.merge import MANIFEST, MergeError, check_combinable, merge_weights, write_cat_adapter
 from orchestrator.merging.weights import WeightsError, base_weights, parse_size
 
 
@@ -102,6 +102,8 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
     out = Path(req.out)
     if out.resolve() == base_dir.resolve():
         raise MergeError("--out is the base model dir; write the merged model to a new dir")
+    if out.exists() and not out.is_dir():
+        raise MergeError(f"{out} is a file; choose a new dir for --out (nothing was overwritten)")
     if out.exists() and any(out.iterdir()):
         raise MergeError(f"{out} already exists and is not empty; choose a new --out (nothing was overwritten)")
     carried = carried_adapters(base_dir)
@@ -112,7 +114,13 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
                              f"{earlier['path']}); merging it again would apply it twice. Merge into the "
                              f"original base instead")
     weights = req.weights or [1.0] * len(adapters)
+    check_combinable(adapters, weights, req.method)
     density = req.density if req.density is not None else (0.5 if req.method not in EXACT_METHODS else 1.0)
+    if not 0 < density <= 1:
+        raise MergeError(f"density must be in (0, 1] (the fraction of each update kept), got {density}")
+    if len(adapters) == 1 and req.method not in EXACT_METHODS:
+        raise MergeError(f"{req.method} combines several adapters; a single adapter is merged as it is "
+                         f"(use --method linear, or give more --adapter)")
     config = json.loads((base_dir / "config.json").read_text())
     stored = verify.output_dtype(req.dtype, config)
     tolerance = req.tolerance if req.tolerance is not None else verify.default_tolerance(stored)

@@ -42,12 +42,11 @@ class Target:
 def plan_targets(adapters: list[Adapter], shapes: dict[str, tuple[tuple[int, ...], str]],
                  config: dict) -> dict[str, Target]:
     """module name -> its tensors in the base, checked for presence, shape and tied weights."""
-    tied = bool(config.get("tie_word_embeddings", False))
+    # transformers ties the output head to the input embedding unless the config says not to.
+    tied = bool(config.get("tie_word_embeddings", True))
     targets: dict[str, Target] = {}
     for adapter in adapters:
         for module, update in adapter.updates.items():
-            if module in targets:
-                continue
             weight = _find_tensor(f"{module}.weight", shapes)
             if weight is None:
                 example = next(iter(shapes), "?")
@@ -64,7 +63,11 @@ def plan_targets(adapters: list[Adapter], shapes: dict[str, tuple[tuple[int, ...
                 raise AdapterError(f"adapter {adapter.path} changes {module} with an update of shape {list(want)}, "
                                    f"but the base's {weight} has shape {list(shapes[weight][0])}; the adapter was "
                                    f"trained on a different base")
-            targets[module] = Target(module, weight, weight[: -len("weight")] + "bias")
+            bias = weight[: -len("weight")] + "bias"
+            if update.lora_bias is not None and bias not in shapes:
+                raise AdapterError(f"adapter {adapter.path} trains a bias for {module} (lora_bias), but the base's "
+                                   f"{module} has no bias tensor to merge it into")
+            targets.setdefault(module, Target(module, weight, bias))
     return targets
 
 

@@ -79,7 +79,11 @@ def base_weights(root: Path) -> BaseWeights:
     if (root / INDEX).is_file():
         try:
             weight_map = json.loads((root / INDEX).read_text())["weight_map"]
-        except (ValueError, KeyError) as err:
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError("no weight_map of tensor -> file")
+            if not all(isinstance(f, str) for f in weight_map.values()):
+                raise ValueError("weight_map values must be file names")
+        except (ValueError, KeyError, TypeError) as err:
             raise WeightsError(f"{root / INDEX} is damaged ({err}); re-save the model") from None
         files = tuple(dict.fromkeys(weight_map.values()))
         missing = [f for f in files if not (root / f).is_file()]
@@ -105,7 +109,7 @@ def parse_size(text: str | int) -> int:
     """'2GB', '500MB', '64KiB' or a byte count."""
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*((?:[KMGT]I?)?B?)\s*", str(text).upper())
     if not m:
         raise ValueError(f"cannot read size {text!r}; write e.g. 2GB, 500MB or a byte count")
     unit = m[2].rstrip("B")

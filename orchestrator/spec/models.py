@@ -364,13 +364,21 @@ class ForgettingSpec(Strict):
 
 class MergeSpec(Strict):
     enabled: bool = False
-    """Merge the trained adapter into the base model after training (lora/qlora)."""
+    """Merge the trained adapter into the base model after training (lora/qlora), verify it and
+    write it to the run dir's merged/ (a Hugging Face model dir with merge_manifest.json)."""
 
     dtype: Dtype = "auto"
-    """Dtype of the merged weights; auto keeps the base model's dtype (qlora: its compute dtype)."""
+    """Dtype of the merged weights; auto keeps the base model's stored dtype. A qlora adapter is
+    merged into the original-precision base, never into its 4-bit form."""
 
-    tolerance: float = Field(1e-4, gt=0)
-    """Largest allowed |logit difference| between merged model and base + adapter."""
+    tolerance: float | None = Field(None, gt=0)
+    """Largest allowed |logit difference| between the merged model and base + adapter on a
+    held-out batch (both run in float64); the merge fails above it. Default by the merged
+    dtype: float32 1e-4, float16 3e-2, bfloat16 2.5e-1."""
+
+    shard_size: str = Field("2GB", pattern=r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][Ii]?)?[Bb]?\s*$")
+    """Largest safetensors shard of the merged model (e.g. 2GB, 500MB); merging holds about one
+    shard in memory."""
 
 
 # ------------------------------------------------------------------------ tracking

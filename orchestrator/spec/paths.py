@@ -58,6 +58,6 @@ def demo_file_names() -> list[str]:
     """Files that `ftctl demo-data` writes (and `builtin:demo/<file>` can name)."""
     from orchestrator.models.tiny.tasks import SOURCE_TASKS
 
-    fixed = ["target_train.jsonl", "target_eval.jsonl", "classify_train.jsonl",
-             "classify_eval.jsonl", "text_train.jsonl"]
+    fixed = ["target_train.jsonl", "target_eval.jsonl", "increment_train.jsonl", "increment_eval.jsonl",
+             "classify_train.jsonl", "classify_eval.jsonl", "text_train.jsonl"]
     return fixed + [f"{kind}_{task}.jsonl" for kind in ("source", "replay") for task in SOURCE_TASKS]

@@ -157,6 +157,9 @@ def merge_needs_adapter(spec: JobSpec) -> list[Problem]:
     if spec.merge.enabled and spec.method.kind not in ("lora", "qlora"):
         return [Problem("merge.enabled", f"method.kind={spec.method.kind} trains the weights themselves; there is no adapter to merge",
                         "set merge.enabled: false, or use lora/qlora")]
+    if spec.merge.enabled and spec.method.kind == "qlora" and spec.data.eval is None:
+        return [Problem("merge.enabled", "a qlora merge reports its quantisation gap (merged model vs 4-bit base + "
+                        "adapter) on held-out data, and this job has none", "add data.eval, or set merge.enabled: false")]
     return []
 
 
@@ -245,17 +248,7 @@ def cross_field_problems(spec: JobSpec) -> list[Problem]:
     return [p for rule in RULES for p in rule(spec)]
 
 
-# Features the job file can describe but this version cannot run yet. Each entry is
-# removed when the capability lands; until then validation refuses it instead of a run
-# silently ignoring it.
+# Refusals of features the job file can describe but this version cannot run use this
+# phrase, so tools can tell them from mistakes in the job file. Every feature of this
+# version's job file runs.
 NOT_YET_AVAILABLE = "is not available in this version of ftctl"
-
-
-def available_in_this_version(spec: JobSpec) -> list[Problem]:
-    problems = []
-    if spec.merge.enabled:
-        problems.append(Problem("merge.enabled", f"merging after training {NOT_YET_AVAILABLE}", "set merge.enabled: false"))
-    return problems
-
-
-RULES = RULES + (available_in_this_version,)

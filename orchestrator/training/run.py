@@ -469,6 +469,13 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
     status = "succeeded"
     if gate and (gate["action"] == "stop" or kept is None):
         status = "stopped_by_gate"
+    merge = None
+    if spec.merge.enabled and status == "succeeded" and "adapter" in artifacts:
+        merge = merge_after_training(spec, run_dir, config, console)
+        if merge.get("error"):
+            status = "failed"
+        else:
+            artifacts["merged"] = merge["path"]
     summary = {
         "status": status,
         "world_size": result["world_size"],
@@ -488,6 +495,8 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         "negative_transfer": report["negative_transfer"] if report else None,
         **forgetting_cost(result),
         "baseline_cached": result.get("baseline_cached", False),
+        "merge": merge,
+        **({"error": merge["error"]} if merge and merge.get("error") else {}),
         "artifacts": artifacts,
     }
     _write_summary(run_dir, spec, summary, started)
@@ -516,6 +525,55 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
                           f"every gate, so there is nothing to roll back to and no artifact was written")
     console.print(f"  run dir: {run_dir}")
     return summary
+
+
+def merge_after_training(spec: JobSpec, run_dir: Path, config: dict[str, Any], console: Console) -> dict[str, Any]:
+    """merge.enabled: merge the adapter into the base, verify, write merged/. The summary's
+    "merge" block; with "error" when the merge was refused or failed verification (the
+    adapter is kept either way)."""
+    import shutil
+
+    from orchestrator.merging.export import MergeRequest, MergeVerificationFailed, merge_and_verify
+    from orchestrator.merging.merge import MergeError
+
+    out = run_dir / "merged"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier attempt's merge of an earlier adapter
+    request = MergeRequest(
+        adapters=[run_dir / "adapter"], base=config["model_dir"], out=out, dtype=spec.merge.dtype,
+        tolerance=spec.merge.tolerance, shard_size=spec.merge.shard_size,
+        quantization=spec.method.quantization.model_dump(mode="json") if spec.method.kind == "qlora" else None,
+        heldout=heldout_batches(config, spec), device="cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
+    try:
+        with console.status("merging the adapter into the base model") as status:
+            manifest = merge_and_verify(request, progress=status.update)
+    except MergeVerificationFailed as err:
+        console.print(f"[red]✗ merge:[/red] {err}; the adapter is kept in {run_dir / 'adapter'}")
+        return {"error": f"merge: {err}", "verification": err.report["verification"]}
+    except MergeError as err:
+        console.print(f"[red]✗ merge:[/red] {err}")
+        return {"error": f"merge: {err}"}
+    v = manifest["verification"]
+    console.print(f"merged: {out} ({manifest['output_dtype']}, {len(manifest['merge']['shards'])} shard(s)); "
+                  f"max |logit difference| vs base + adapter {v['max_abs_logit_diff']:.2e} <= {v['tolerance']:g}")
+    gap = manifest.get("quantisation_gap")
+    if gap:
+        console.print(f"  quantisation gap on held-out data: merged loss {gap['merged_loss']:.4f} vs 4-bit base + "
+                      f"adapter {gap['quantized_base_adapter_loss']:.4f} (gap {gap['gap']:+.4f})")
+    return {"path": str(out), "verification": v, "quantisation_gap": gap, "seconds": manifest["seconds"],
+            "shards": manifest["merge"]["shards"], "output_dtype": manifest["output_dtype"]}
+
+
+def heldout_batches(config: dict[str, Any], spec: JobSpec, rows: int = 64, batch_size: int = 16) -> list[dict] | None:
+    """Up to `rows` prepared data.eval rows, collated: the merge's probe and held-out set."""
+    if not config.get("eval_cache"):
+        return None
+    from orchestrator.data.pipeline import collate, load_prepared
+    from orchestrator.models.build import load_tokenizer
+
+    dataset = load_prepared(Path(config["eval_cache"]))
+    picked = [dataset[i] for i in range(min(rows, len(dataset)))]
+    pad_id = int(load_tokenizer(config["model_dir"], spec.model).pad_token_id)
+    return [collate(picked[i:i + batch_size], pad_id) for i in range(0, len(picked), batch_size)]
 
 
 def forgetting_cost(result: dict[str, Any]) -> dict[str, float]:

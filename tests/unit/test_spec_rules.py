@@ -158,7 +158,10 @@ CASES = [
      {"method.kind": "lora", "merge.enabled": True}),
     ("merge-with-freeze", {"method.kind": "freeze", "merge.enabled": True, "method.lora": None},
      "merge.enabled", "no adapter to merge",
-     {"method.kind": "qlora", "merge.enabled": True}),
+     {"method.kind": "lora", "merge.enabled": True}),
+    ("qlora-merge-without-eval-data", {"method.kind": "qlora", "merge.enabled": True},
+     "merge.enabled", "quantisation gap",
+     {"method.kind": "qlora", "merge.enabled": True, "data.eval": {"path": "eval.jsonl"}}),
     ("merge-with-head", {**CLASSIFY, "merge.enabled": True},
      "merge.enabled", "no adapter to merge",
      {**CLASSIFY, "merge.enabled": False}),
@@ -225,7 +228,7 @@ def test_every_rule_has_a_failing_case():
     for _, bad, *_ in CASES:
         spec = JobSpec.model_validate(job(**bad))
         fired |= {rule.__name__ for rule in rules.RULES if rule(spec)}
-    untested = {rule.__name__ for rule in rules.RULES} - fired - {"available_in_this_version"}
+    untested = {rule.__name__ for rule in rules.RULES} - fired
     assert untested == set()
 
 
@@ -254,32 +257,13 @@ def test_quickstart_breaks_no_rule():
 # ------------------------------------------------- features this version cannot run yet
 
 
-@pytest.mark.skipif(not hasattr(rules, "available_in_this_version"), reason="every feature is available")
-@pytest.mark.parametrize("overrides", [
-    ["method.kind=qlora"],
-    ["method.kind=head", "method.lora=null", "data.train.format=classification", "data.eval.format=classification",
-     "forgetting.tasks=[]", "forgetting.every_steps=null"],
-    ["resources.strategy=fsdp"],
-    ["resources.strategy=deepspeed"],
-    ["merge.enabled=true"],
-    ["forgetting.max_drop=0.1"],
-    ["forgetting.tasks.0.max_drop=0.1", "forgetting.action=stop"],
-    ["tracking.tensorboard=true"],
-    ["tracking.mlflow=true"],
-], ids=lambda o: " ".join(o))
-def test_unavailable_feature_is_refused_with_a_way_out(overrides):
-    try:
-        load_spec(QUICKSTART, overrides)
-    except SpecError as err:
-        for p in err.problems:
-            assert NOT_YET in p.message and p.hint, str(p)
-
-
 @pytest.mark.parametrize("settings", [
     {"method.kind": "full"},
     {"method.kind": "lora"},
     {"method.kind": "freeze"},
     {"forgetting.tasks": [TASK], "forgetting.every_steps": 5},
+    {"method.kind": "lora", "merge.enabled": True},
+    {"method.kind": "qlora"},
 ])
 def test_core_features_are_available(settings):
     resolve_spec(job(**settings), check_files=False)

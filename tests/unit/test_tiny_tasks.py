@@ -85,7 +85,8 @@ def test_classification_is_balanced_and_labelled_right():
 def test_demo_data_files(tmp_path):
     written = write_demo_data(tmp_path / "a", n_train=300, n_eval=50)
     replay = {f"replay_{task}" for task in tasks.SOURCE_TASKS}
-    expected = {"target_train", "target_eval", "classify_train", "classify_eval", "text_train"} | {
+    expected = {"target_train", "target_eval", "increment_train", "increment_eval", "classify_train",
+                "classify_eval", "text_train"} | {
         f"source_{task}" for task in tasks.SOURCE_TASKS
     }
     assert set(written) == expected | replay
@@ -94,13 +95,16 @@ def test_demo_data_files(tmp_path):
         return [json.loads(line) for line in written[name].read_text().splitlines()]
 
     assert len(read("target_train")) == 300 and len(read("text_train")) == 300
-    for name in expected - {"target_train", "text_train", "classify_train"}:
+    for name in expected - {"target_train", "text_train", "classify_train", "increment_train"}:
         assert len(read(name)) == 50, name
     assert all(set(row) == {"prompt", "response"} for row in read("target_eval") + read("source_sorting"))
     assert all(set(row) == {"text", "label"} for row in read("classify_eval"))
     assert all(set(row) == {"text"} for row in read("text_train"))
     train_prompts = {row["prompt"] for row in read("target_train")}
     assert not train_prompts & {row["prompt"] for row in read("target_eval")}
+    assert len(read("increment_train")) == 300
+    assert not {row["prompt"] for row in read("increment_train")} & {row["prompt"] for row in read("increment_eval")}
+    assert all(row["prompt"].startswith("inc ") for row in read("increment_eval"))
     pool = {row["prompt"] for row in pretraining_rows("arithmetic")}
     assert not pool & {row["prompt"] for row in read("source_arithmetic")}
     # replay rows come from the base model's own training pool, never from the held-out rows

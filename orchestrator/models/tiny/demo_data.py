@@ -28,6 +28,7 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     """Write the demo JSONL files into ``out_dir`` and return ``{name: path}``.
 
     - ``target_train`` / ``target_eval``: the target task as ``{"prompt", "response"}``
+    - ``increment_train`` / ``increment_eval``: a second target task (a second adapter's)
     - ``source_<task>``: held-out rows of each source task the base model never trained on
     - ``replay_<task>``: rows of each source task from the base model's own training pool
     - ``classify_train`` / ``classify_eval``: ``{"text", "label"}`` for the ``head`` method
@@ -42,6 +43,12 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     target_eval = tasks.generate(tasks.TARGET_TASK, n_eval, seed=EVAL_SEED, exclude=train_prompts)
     written["target_train"] = _write_jsonl(out_dir / "target_train.jsonl", target_train)
     written["target_eval"] = _write_jsonl(out_dir / "target_eval.jsonl", target_eval)
+
+    second_train = tasks.generate(tasks.SECOND_TARGET_TASK, n_train, seed=TRAIN_SEED)
+    second_eval = tasks.generate(tasks.SECOND_TARGET_TASK, n_eval, seed=EVAL_SEED,
+                                 exclude={row["prompt"] for row in second_train})
+    written["increment_train"] = _write_jsonl(out_dir / "increment_train.jsonl", second_train)
+    written["increment_eval"] = _write_jsonl(out_dir / "increment_eval.jsonl", second_eval)
 
     for task in tasks.SOURCE_TASKS:
         rows = heldout_rows(task, n_eval, seed=SOURCE_EVAL_SEED)

@@ -12,6 +12,8 @@ Formats (prompt -> response):
 - ``sorting``:    ``"sort 93172="`` -> ``"12379"`` (3-6 digits)
 - ``kv_recall``:  ``"a=7 b=2 c=0 d=1 ?c"`` -> ``"0"`` (keys a-d, random digit values)
 - ``shift`` (target): ``"shift kwz="`` -> ``"lxa"`` (each letter moved one on, z wraps to a)
+- ``increment`` (second target): ``"inc 4719="`` -> ``"5820"`` (each digit moved one on, 9
+  wraps to 0); a second adapter's task, for multi-adapter merges
 - classification: ``{"text": "1379", "label": 1}`` (1 when the digits are sorted)
 """
 
@@ -23,6 +25,7 @@ from typing import Callable
 
 SOURCE_TASKS: tuple[str, ...] = ("arithmetic", "reversal", "sorting", "kv_recall")
 TARGET_TASK: str = "shift"
+SECOND_TARGET_TASK: str = "increment"
 _KV_KEYS = "abcd"
 
 
@@ -66,15 +69,21 @@ def _shift(rng: random.Random) -> dict:
     return {"prompt": f"shift {word}=", "response": shifted}
 
 
+def _increment(rng: random.Random) -> dict:
+    digits = _digits(rng)
+    return {"prompt": f"inc {digits}=", "response": "".join(str((int(d) + 1) % 10) for d in digits)}
+
+
 _GENERATORS: dict[str, Callable[[random.Random], dict]] = {
     "arithmetic": _arithmetic,
     "reversal": _reversal,
     "sorting": _sorting,
     "kv_recall": _kv_recall,
     TARGET_TASK: _shift,
+    SECOND_TARGET_TASK: _increment,
 }
 
-ALL_TASKS: tuple[str, ...] = (*SOURCE_TASKS, TARGET_TASK)
+ALL_TASKS: tuple[str, ...] = (*SOURCE_TASKS, TARGET_TASK, SECOND_TARGET_TASK)
 
 
 def _check_task(task: str) -> None:
