@@ -145,15 +145,11 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
         t0 = time.perf_counter()
         probe = ({k: req.heldout[0][k] for k in ("input_ids", "attention_mask")} if req.heldout
                  else verify.probe_batch(None, None, int(config.get("vocab_size", 32000)), seed=req.seed))
-        ref_model = verify.reference_model(base_dir, adapters, weights, req.method, cmp_dtype, device,
-                                           cat_adapter=staging / "adapter" if cat else None,
-                                           density=density, seed=req.seed, stored=stored)
-        ref_logits = verify.logits_of(ref_model, probe)
-        verify.free(ref_model)
-        merged_model = verify.load_causal_lm(staging, cmp_dtype, device)
-        merged_logits = verify.logits_of(merged_model, probe)
-        verify.free(merged_model)
-        diff = verify.max_logit_difference(ref_logits, merged_logits)
+        # One model in memory at a time: each helper drops its model before returning logits.
+        ref_logits = verify.reference_logits(probe, base_dir, adapters, weights, req.method, cmp_dtype, device,
+                                             cat_adapter=staging / "adapter" if cat else None,
+                                             density=density, seed=req.seed, stored=stored)
+        diff = verify.max_logit_difference(ref_logits, verify.merged_logits(probe, staging, cmp_dtype, device))
         verification = {
             "max_abs_logit_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "compared_in": cmp_dtype,
             "device": device, "probe": "held-out rows" if req.heldout else "seeded random token ids",

@@ -242,7 +242,8 @@ def write_cat_adapter(adapters: list[Adapter], weights: list[float], out: Path) 
 
 
 def _reset_peak_rss() -> int | None:
-    """Reset this process's peak RSS (Linux) and return the current RSS, in bytes."""
+    """Reset this process's peak RSS (Linux) and return the current RSS, in bytes. The merge
+    measures its own peak this way; an earlier peak of the process is forgotten."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return _status_bytes("VmRSS")

@@ -152,12 +152,24 @@ def max_logit_difference(reference: torch.Tensor, merged: torch.Tensor) -> float
     return float((reference - merged).abs().max())
 
 
-def free(*models) -> None:
-    for m in models:
-        del m
+def release() -> None:
+    """Return the memory of models the caller has dropped (their last reference is gone)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def reference_logits(probe: dict[str, torch.Tensor], *args, **kwargs) -> torch.Tensor:
+    """Logits of `reference_model(*args, **kwargs)`; the model is gone when this returns."""
+    logits = logits_of(reference_model(*args, **kwargs), probe)
+    release()
+    return logits
+
+
+def merged_logits(probe: dict[str, torch.Tensor], merged_dir: Path, dtype: str, device: str) -> torch.Tensor:
+    logits = logits_of(load_causal_lm(merged_dir, dtype, device), probe)
+    release()
+    return logits
 
 
 @torch.no_grad()
@@ -181,12 +193,11 @@ def quantisation_gap(base_dir: Path, adapter: Adapter, quantization: dict, merge
     trained as. A positive gap: the merge is worse than what was trained."""
     from peft import PeftModel
 
-    quantized = PeftModel.from_pretrained(load_causal_lm(base_dir, dtype, device, quantization), str(adapter.path))
-    q_loss, tokens = mean_token_loss(quantized.eval(), batches)
-    free(quantized)
-    merged = load_causal_lm(merged_dir, dtype, device)
-    m_loss, _ = mean_token_loss(merged, batches)
-    free(merged)
+    q_loss, tokens = mean_token_loss(PeftModel.from_pretrained(
+        load_causal_lm(base_dir, dtype, device, quantization), str(adapter.path)).eval(), batches)
+    release()
+    m_loss, _ = mean_token_loss(load_causal_lm(merged_dir, dtype, device), batches)
+    release()
     return {"quantized_base_adapter_loss": round(q_loss, 6), "merged_loss": round(m_loss, 6),
             "gap": round(m_loss - q_loss, 6), "tokens": tokens, "quantization": quantization}
 
@@ -203,14 +214,14 @@ def task_metrics(base_dir: Path, adapters: list[Adapter], merged_dir: Path, task
     accelerator = Accelerator(cpu=device == "cpu")
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
-    def measure(model) -> dict[str, float]:
-        values = evaluate_forgetting(accelerator, model, tasks, tokenizer, pad_id, shard=False)
-        free(model)
+    def measure(load) -> dict[str, float]:
+        values = evaluate_forgetting(accelerator, load(), tasks, tokenizer, pad_id, shard=False)
+        release()  # the model was only referenced inside the call above
         return {k: round(v, 6) for k, v in values.items()}
 
-    out = {"base": measure(load_causal_lm(base_dir, dtype, device))}
+    out = {"base": measure(lambda: load_causal_lm(base_dir, dtype, device))}
     for a in adapters:
-        model = PeftModel.from_pretrained(load_causal_lm(base_dir, dtype, device), str(a.path)).to(device).eval()
-        out[a.name] = measure(model)
-    out["merged"] = measure(load_causal_lm(merged_dir, dtype, device))
+        out[a.name] = measure(lambda a=a: PeftModel.from_pretrained(
+            load_causal_lm(base_dir, dtype, device), str(a.path)).to(device).eval())
+    out["merged"] = measure(lambda: load_causal_lm(merged_dir, dtype, device))
     return out
