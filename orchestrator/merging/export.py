@@ -148,7 +148,8 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
         # One model in memory at a time: each helper drops its model before returning logits.
         ref_logits = verify.reference_logits(probe, base_dir, adapters, weights, req.method, cmp_dtype, device,
                                              cat_adapter=staging / "adapter" if cat else None,
-                                             density=density, seed=req.seed, stored=stored)
+                                             density=density, seed=req.seed,
+                                             stored=stored if stored != verify.output_dtype("auto", config) else None)
         diff = verify.max_logit_difference(ref_logits, verify.merged_logits(probe, staging, cmp_dtype, device))
         verification = {
             "max_abs_logit_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance, "compared_in": cmp_dtype,
