@@ -252,9 +252,9 @@ def test_merging_a_sharded_base_holds_about_one_shard_in_memory(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = make_llama(tmp_path / "base", hidden=512, layers=8, shard="8MB")  # ~110 MB in ~15 shards
+    base = make_llama(tmp_path / "base", hidden=512, layers=16, shard="8MB")  # ~270 MB in ~35 shards
     model_bytes = sum(f.stat().st_size for f in base.glob("*.safetensors"))
-    assert len(list(base.glob("*.safetensors"))) >= 10
+    assert len(list(base.glob("*.safetensors"))) >= 30
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
                                 LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     peft_model.save_pretrained(str(tmp_path / "adapter"))
@@ -266,10 +266,11 @@ def test_merging_a_sharded_base_holds_about_one_shard_in_memory(tmp_path):
     stats = json.loads(done.stdout.strip().splitlines()[-1])
     growth = stats["peak_rss_growth_bytes"]
     assert growth is not None, "peak RSS is read from /proc/self/status (Linux)"
-    # One output shard, one tensor being merged (plus its fp32 update) and the adapter, not the model.
-    assert growth < 4 * shard + 16 * 2**20, (growth, model_bytes)
-    assert growth < model_bytes / 3
-    assert stats["largest_shard_bytes"] <= shard and len(stats["shards"]) >= 10
+    # One output shard (and its serialised copy), one tensor being merged (plus its fp32 update)
+    # and the adapter, not the model. Measured here: 26-59 MiB for 64, 128 and 256 MiB models.
+    assert growth < 8 * shard + 16 * 2**20, (growth, model_bytes)
+    assert growth < model_bytes / 3, (growth, model_bytes)
+    assert stats["largest_shard_bytes"] <= shard and len(stats["shards"]) >= 30
     # The streamed output is the merge: one changed tensor checked against base + adapter.
     name = "model.layers.3.mlp.down_proj.weight"
     from orchestrator.merging.adapters import load_adapter
