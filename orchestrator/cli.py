@@ -241,10 +241,10 @@ def print_merge(manifest: dict) -> None:
     if stats.get("peak_rss_growth_bytes") is not None:
         console.print(f"  memory: peak RSS grew {stats['peak_rss_growth_bytes'] / 2**20:.0f} MiB while merging "
                       f"(largest output shard {stats['largest_shard_bytes'] / 2**20:.0f} MiB)")
-    gap = manifest.get("quantisation_gap")
-    if gap:
-        console.print(f"  quantisation gap (held-out loss): merged {gap['merged_loss']:.4f} vs 4-bit base + adapter "
-                      f"{gap['quantized_base_adapter_loss']:.4f}: {gap['gap']:+.4f}")
+    if manifest.get("quantisation_gap"):
+        from orchestrator.merging.export import gap_line
+
+        console.print(f"  {gap_line(manifest['quantisation_gap'])}")
     metrics = manifest.get("task_metrics")
     if metrics:
         tasks = list(next(iter(metrics.values())))

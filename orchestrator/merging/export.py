@@ -195,6 +195,12 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def gap_line(gap: dict[str, Any]) -> str:
+    """The quantisation gap in one line, for the console."""
+    return (f"quantisation gap on held-out data: merged loss {gap['merged_loss']:.4f} vs 4-bit base + adapter "
+            f"{gap['quantized_base_adapter_loss']:.4f} (gap {gap['gap']:+.4f})")
+
+
 def _reference_kind(n_adapters: int, method: str) -> str:
     if n_adapters == 1:
         return "peft PeftModel (base + adapter)"

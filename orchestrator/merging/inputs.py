@@ -68,7 +68,7 @@ def heldout_rows(path: str, base_dir: Path, tokenizer, max_seq_len: int, fmt: st
                  rows: int = 64, batch_size: int = 16) -> list[dict[str, Any]]:
     """Up to `rows` rows of a data file, tokenized like training data and collated."""
     from orchestrator.data.errors import DataError
-    from orchestrator.data.pipeline import collate, load_prepared, prepare_dataset
+    from orchestrator.data.pipeline import load_prepared, prepare_dataset
     from orchestrator.spec import SpecError, resolve_spec
 
     try:
@@ -77,9 +77,15 @@ def heldout_rows(path: str, base_dir: Path, tokenizer, max_seq_len: int, fmt: st
         prepared = prepare_dataset(spec.data.train, spec.data, tokenizer)
     except (SpecError, DataError) as err:
         raise MergeError(f"held-out data {path}: {err}") from None
-    dataset = load_prepared(prepared.cache_dir)
-    picked = [dataset[i] for i in range(min(rows, len(dataset)))]
-    if not picked:
+    batches = first_batches(load_prepared(prepared.cache_dir), int(tokenizer.pad_token_id), rows, batch_size)
+    if not batches:
         raise MergeError(f"held-out data {path} has no usable rows")
-    pad_id = int(tokenizer.pad_token_id)
+    return batches
+
+
+def first_batches(dataset, pad_id: int, rows: int = 64, batch_size: int = 16) -> list[dict[str, Any]]:
+    """The first `rows` rows of a prepared dataset, collated into batches."""
+    from orchestrator.data.pipeline import collate
+
+    picked = [dataset[i] for i in range(min(rows, len(dataset)))]
     return [collate(picked[i:i + batch_size], pad_id) for i in range(0, len(picked), batch_size)]

@@ -533,7 +533,7 @@ def merge_after_training(spec: JobSpec, run_dir: Path, config: dict[str, Any], c
     adapter is kept either way)."""
     import shutil
 
-    from orchestrator.merging.export import MergeRequest, MergeVerificationFailed, merge_and_verify
+    from orchestrator.merging.export import MergeRequest, MergeVerificationFailed, gap_line, merge_and_verify
     from orchestrator.merging.merge import MergeError
 
     out = run_dir / "merged"
@@ -557,23 +557,21 @@ def merge_after_training(spec: JobSpec, run_dir: Path, config: dict[str, Any], c
                   f"max |logit difference| vs base + adapter {v['max_abs_logit_diff']:.2e} <= {v['tolerance']:g}")
     gap = manifest.get("quantisation_gap")
     if gap:
-        console.print(f"  quantisation gap on held-out data: merged loss {gap['merged_loss']:.4f} vs 4-bit base + "
-                      f"adapter {gap['quantized_base_adapter_loss']:.4f} (gap {gap['gap']:+.4f})")
+        console.print(f"  {gap_line(gap)}")
     return {"path": str(out), "verification": v, "quantisation_gap": gap, "seconds": manifest["seconds"],
             "shards": manifest["merge"]["shards"], "output_dtype": manifest["output_dtype"]}
 
 
-def heldout_batches(config: dict[str, Any], spec: JobSpec, rows: int = 64, batch_size: int = 16) -> list[dict] | None:
-    """Up to `rows` prepared data.eval rows, collated: the merge's probe and held-out set."""
+def heldout_batches(config: dict[str, Any], spec: JobSpec) -> list[dict] | None:
+    """The first prepared data.eval rows, collated: the merge's probe and held-out set."""
     if not config.get("eval_cache"):
         return None
-    from orchestrator.data.pipeline import collate, load_prepared
+    from orchestrator.data.pipeline import load_prepared
+    from orchestrator.merging.inputs import first_batches
     from orchestrator.models.build import load_tokenizer
 
-    dataset = load_prepared(Path(config["eval_cache"]))
-    picked = [dataset[i] for i in range(min(rows, len(dataset)))]
     pad_id = int(load_tokenizer(config["model_dir"], spec.model).pad_token_id)
-    return [collate(picked[i:i + batch_size], pad_id) for i in range(0, len(picked), batch_size)]
+    return first_batches(load_prepared(Path(config["eval_cache"])), pad_id) or None
 
 
 def forgetting_cost(result: dict[str, Any]) -> dict[str, float]:
