@@ -1,0 +1,154 @@
+"""Python SDK: the control plane's operations, as `ftctl submit/list/status/logs/cancel/resume`.
+
+    from orchestrator.api import Client
+    client = Client()                                   # joins the Ray cluster, starts the controller if absent
+    job = client.submit("configs/quickstart.yaml", ["training.max_steps=50"], priority=5)
+    client.wait(job["id"])
+    print(client.status(job["id"])["state"])
+
+The controller is reached only through Ray (a named actor); no port of its own is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from orchestrator.controller.actor import NAME, NAMESPACE
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
+
+
+class ControllerUnavailable(Exception):
+    """No Ray cluster or controller to talk to; the message says how to start one."""
+
+
+def connect(address: str | None = None, start_ray: bool = True, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at `address` (default $RAY_ADDRESS or the local one); with
+    `start_ray`, start a local head node when there is none."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+        return
+    except ConnectionError:
+        if not start_ray or target != "auto":
+            raise ControllerUnavailable(f"no Ray cluster at {target}; start one (ray start --head) or leave "
+                                        f"--address out to start a local one") from None
+    cmd = ["ray", "start", "--head", "--include-dashboard=false", "--disable-usage-stats"]
+    if num_cpus:
+        cmd += ["--num-cpus", str(num_cpus)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ControllerUnavailable(f"could not start a local Ray head: {done.stderr.strip()[-400:]}")
+    ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+
+
+def controller(start: bool = True, home: Path | None = None, **options: Any):
+    """The controller actor's handle; created (detached, on the head node) when absent."""
+    import ray
+
+    from orchestrator.spec.paths import ftctl_home
+
+    try:
+        return ray.get_actor(NAME, namespace=NAMESPACE)
+    except ValueError:
+        if not start:
+            raise ControllerUnavailable("the controller is not running; start it with `ftctl controller start` "
+                                        "(or `ftctl submit`, which starts it)") from None
+    from orchestrator.controller.actor import ControllerActor
+
+    actor_class = ray.remote(ControllerActor)
+    handle = actor_class.options(
+        name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
+        max_task_retries=-1, num_cpus=0, max_concurrency=32,
+        resources={"node:__internal_head__": 0.001},  # runners start beside it, on the head node
+    ).remote(str(home or ftctl_home()), **options)
+    ray.get(handle.info.remote())  # constructed and reconciled
+    return handle
+
+
+class Client:
+    def __init__(self, address: str | None = None, start: bool = True, home: Path | None = None, **options: Any):
+        connect(address, start_ray=start)
+        self._actor = controller(start=start, home=home, **options)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        return ray.get(getattr(self._actor, method).remote(*args))
+
+    def submit(self, job: str | Path | dict, overrides: Iterable[str] = (), priority: int = 0,
+               team: str = "") -> dict[str, Any]:
+        """Validate a job file (or a job dict) and queue it; the job's record."""
+        from orchestrator.spec import load_spec, resolve_spec
+
+        spec = resolve_spec(job, list(overrides)) if isinstance(job, dict) else load_spec(Path(job), list(overrides))
+        r = spec.resources
+        return self._call("submit", spec.name, spec.model_dump(mode="json"), r.workers * r.cpus_per_worker,
+                          r.workers * r.gpus_per_worker, priority, team)
+
+    def list(self, states: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._call("list", list(states) if states else None, limit)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call("get", job_id)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("cancel", job_id)
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._call("resume", job_id)
+
+    def info(self) -> dict[str, Any]:
+        return self._call("info")
+
+    def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if status["state"] in TERMINAL:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {status['state']} after {timeout:g}s")
+            time.sleep(poll_s)
+
+    def logs(self, job_id: str, follow: bool = False, poll_s: float = 0.5) -> Iterator[str]:
+        """The job's driver log (every attempt's, appended); with `follow`, until the job ends."""
+        path = Path(self.status(job_id)["run_dir"]) / "driver.log"
+        offset = 0
+        while True:
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                    offset += len(chunk)
+                if chunk:
+                    yield chunk.decode(errors="replace")
+            if not follow or self.status(job_id)["state"] in TERMINAL and not _grown(path, offset):
+                return
+            time.sleep(poll_s)
+
+
+def _grown(path: Path, offset: int) -> bool:
+    return path.is_file() and path.stat().st_size > offset
+
+
+def stop_controller() -> bool:
+    """Stop the controller actor (jobs and their records stay; running runners keep running
+    and are adopted by the next controller)."""
+    import ray
+
+    try:
+        handle = ray.get_actor(NAME, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    ray.get(handle.stop.remote())
+    ray.kill(handle, no_restart=True)
+    return True

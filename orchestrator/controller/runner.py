@@ -1,0 +1,85 @@
+"""The process the controller starts for one job: `ftctl run`'s own runner, fenced.
+
+    python -m orchestrator.controller.runner --store DB --job ID --token N
+
+It runs only while its fencing token is the job's current one (a runner from an earlier
+start, or started by a controller that has since been replaced, exits without touching the
+run dir), runs the job with `run_job` (the same code as `ftctl run`), and records its exit
+code in `<run dir>/controller/exit-<token>.json`, which the controller reads even if it was
+away when the runner ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_STALE = 3
+
+
+def exit_file(run_dir: Path, token: int) -> Path:
+    return Path(run_dir) / "controller" / f"exit-{token}.json"
+
+
+def read_exit(run_dir: Path, token: int) -> int | None:
+    path = exit_file(run_dir, token)
+    try:
+        return int(json.loads(path.read_text())["code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ftctl-runner")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--token", type=int, required=True)
+    parser.add_argument("--address", default=None)
+    parser.add_argument("--noop-seconds", type=float, default=None,
+                        help="test seam: stand in for a job that runs this long and succeeds")
+    args = parser.parse_args(argv)
+
+    from orchestrator.controller.states import JobState
+    from orchestrator.controller.store import SQLiteJobStore
+
+    store = SQLiteJobStore(args.store)
+    record = store.get(args.job)
+    if record.token != args.token or record.state not in (JobState.STARTING, JobState.RUNNING):
+        print(f"job {args.job} is {record.state.value} under token {record.token}, not this runner's {args.token}; "
+              f"another start owns it, so this one does nothing", file=sys.stderr)
+        return EXIT_STALE
+    run_dir = Path(record.run_dir)
+    code = 1
+    try:
+        if args.noop_seconds is not None:
+            time.sleep(args.noop_seconds)
+            code = 0
+        else:
+            code = _run(record.spec, run_dir, args.address)
+    finally:
+        path = exit_file(run_dir, args.token)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"code": code, "at": time.time(), "pid": os.getpid()}))
+        os.replace(tmp, path)
+    return code
+
+
+def _run(spec_dict: dict, run_dir: Path, address: str | None) -> int:
+    from rich.console import Console
+
+    from orchestrator.spec import resolve_spec
+    from orchestrator.training.run import run_job
+
+    spec = resolve_spec(spec_dict)
+    # The log is a file, read by `ftctl logs`: plain lines, no live progress bar.
+    console = Console(file=sys.stdout, force_terminal=False, width=120)
+    return run_job(spec, run_dir=run_dir, address=address, console=console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
