@@ -54,8 +54,12 @@ def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str 
 
 
 def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: bool, address: str | None) -> int:
-    """Continue a stopped, preempted or failed run from its latest good checkpoint."""
+    """Continue a stopped, preempted or failed run (a run dir, or a submitted job's ID) from its latest good checkpoint."""
     import json
+
+    if not run_dir.exists() and "/" not in str(run_dir) and not overrides and workers is None:
+        return _with_client(address, lambda c: _print_job(c.resume(str(run_dir)), "re-queued; it resumes from its "
+                                                                                   "latest good checkpoint"))
 
     from orchestrator.checkpoint.compat import keep_global_batch
     from orchestrator.checkpoint.store import latest_complete_checkpoint
@@ -257,6 +261,142 @@ def print_merge(manifest: dict) -> None:
         console.print(table)
 
 
+# ------------------------------------------------------------------ control plane
+
+
+def _with_client(address: str | None, action: Callable, start: bool = True) -> int:
+    from orchestrator.api import Client, ControllerUnavailable
+    from orchestrator.controller.store import StaleUpdate
+
+    try:
+        client = Client(address=address, start=start)
+        result = action(client)
+    except ControllerUnavailable as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
+        return EXIT_FAILED
+    except (KeyError, StaleUpdate) as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err).strip(chr(39)))}", soft_wrap=True)
+        return EXIT_INVALID
+    return EXIT_OK if result is None else result
+
+
+def _print_job(record: dict, note: str = "") -> int:
+    console.print(f"{record['id']}: {record['state']}" + (f" ({escape(record['reason'])})" if record.get("reason") else "")
+                  + (f"; {note}" if note else ""), soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_submit(job: Path, overrides: list[str], priority: int, team: str, address: str | None, wait: bool) -> int:
+    """Queue a job on the cluster's controller (started if absent); prints its ID."""
+    from orchestrator.spec import SpecError, load_spec
+
+    try:
+        load_spec(job, overrides)
+    except SpecError as err:
+        print_problems(job, err)
+        return EXIT_INVALID
+
+    def submit(client) -> int:
+        record = client.submit(job, overrides, priority=priority, team=team)
+        _print_job(record, f"run dir {record['run_dir']}")
+        if record["state"] == "REJECTED":
+            return EXIT_WONT_FIT
+        if not wait:
+            return EXIT_OK
+        final = client.wait(record["id"])
+        _print_job(final)
+        return {"SUCCEEDED": EXIT_OK, "CANCELLED": 130}.get(final["state"], EXIT_FAILED)
+
+    return _with_client(address, submit)
+
+
+def cmd_list(states: list[str], limit: int | None, address: str | None, as_json: bool) -> int:
+    """Jobs the controller knows, newest first."""
+    import json
+    import time
+
+    from rich.table import Table
+
+    def show(client) -> None:
+        records = client.list([s.upper() for s in states] or None, limit)
+        if as_json:
+            print(json.dumps(records, indent=2))
+            return
+        table = Table()
+        for column in ("id", "state", "priority", "team", "CPU", "GPU", "attempts", "age", "reason"):
+            table.add_column(column)
+        for r in records:
+            age = time.time() - r["submitted_at"]
+            table.add_row(r["id"], r["state"], str(r["priority"]), r["team"], f"{r['cpus']:g}", f"{r['gpus']:g}",
+                          str(r["attempts"]), f"{age / 60:.0f}m" if age >= 60 else f"{age:.0f}s", escape(r["reason"]))
+        console.print(table)
+
+    return _with_client(address, show, start=False)
+
+
+def cmd_status(job_id: str, address: str | None, as_json: bool) -> int:
+    """One job's state, history and (when it has run) summary."""
+    import json
+    import time
+
+    def show(client) -> None:
+        status = client.status(job_id)
+        if as_json:
+            print(json.dumps(status, indent=2))
+            return
+        _print_job(status)
+        gpus = f", {status['gpus']:g} GPU" if status["gpus"] else ""
+        console.print(f"  priority {status['priority']}, team {status['team'] or '-'}, needs {status['cpus']:g} CPU"
+                      f"{gpus}, attempts {status['attempts']}, run dir {status['run_dir']}")
+        for e in status["events"]:
+            console.print(f"  {time.strftime('%H:%M:%S', time.localtime(e['at']))} {e['from_state'] or '':>9} -> "
+                          f"{e['to_state']:<9} {escape(e['reason'])}")
+        summary = status.get("summary")
+        if summary:
+            console.print(f"  summary: {summary.get('status')}, {summary.get('steps')} steps, final loss "
+                          f"{summary.get('final_loss')}")
+
+    return _with_client(address, show, start=False)
+
+
+def cmd_logs(job_id: str, follow: bool, address: str | None) -> int:
+    """A job's driver log; -f follows it until the job ends."""
+    def show(client) -> None:
+        for chunk in client.logs(job_id, follow=follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    return _with_client(address, show, start=False)
+
+
+def cmd_cancel(job_id: str, address: str | None) -> int:
+    """Cancel a job: a queued one at once, a running one after it saves a checkpoint (SIGTERM)."""
+    return _with_client(address, lambda c: _print_job(c.cancel(job_id), "stopping after a checkpoint"
+                                                      if c.status(job_id)["state"] == "RUNNING" else ""), start=False)
+
+
+def cmd_controller(action: str, address: str | None, num_cpus: int | None) -> int:
+    """Start, stop or show the controller (a detached Ray actor on the cluster's head node)."""
+    import json
+
+    from orchestrator.api import Client, ControllerUnavailable, connect, stop_controller
+
+    try:
+        if action == "stop":
+            connect(address, start_ray=False)
+            console.print("controller stopped (job records and running jobs are kept)" if stop_controller()
+                          else "no controller was running")
+            return EXIT_OK
+        if action == "start":
+            connect(address, start_ray=True, num_cpus=num_cpus)
+        client = Client(address=address, start=action == "start")
+        console.print(json.dumps(client.info(), indent=2))
+        return EXIT_OK
+    except ControllerUnavailable as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
+        return EXIT_FAILED
+
+
 def cmd_demo_data(out_dir: Path) -> int:
     """Write the demo datasets (target task, held-out source tasks, classification) as JSONL."""
     from orchestrator.models.tiny.demo_data import write_demo_data
@@ -313,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help=cmd_resume.__doc__, description=cmd_resume.__doc__ + (
         " Exit 0 when the job finishes, 75 when it is preempted again, 1 when it fails, 2 for an invalid job."))
-    p.add_argument("run_dir", type=Path, help="the run dir of the job")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR|ID",
+                   help="the run dir of the job (resumed here, in the foreground), or a submitted job's ID "
+                        "(re-queued on the controller)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
     p.add_argument("--workers", type=int, default=None, help="resume a ddp job on this many workers, keeping the global "
                                                              "batch by changing grad_accum_steps")
@@ -374,6 +516,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="new dir for the merged model")
     p.add_argument("--json", type=Path, default=None, help="also write the merge manifest here")
 
+    p = sub.add_parser("submit", help=cmd_submit.__doc__, description=cmd_submit.__doc__ + (
+        " Exit 0 when queued (or, with --wait, succeeded), 2 for an invalid job, 3 when it can never fit the cluster."))
+    p.add_argument("job", type=Path, help="job file (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0); FIFO within a priority")
+    p.add_argument("--team", default="", help="team the job counts against for quotas")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end; exit by its final state")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or the local cluster)")
+
+    p = sub.add_parser("list", help=cmd_list.__doc__, description=cmd_list.__doc__)
+    p.add_argument("--state", action="append", default=[], help="only jobs in this state (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many")
+    p.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    p.add_argument("--address", default=None, help="Ray address")
+
+    p = sub.add_parser("status", help=cmd_status.__doc__, description=cmd_status.__doc__)
+    p.add_argument("job_id", help="job ID (from submit or list)")
+    p.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    p.add_argument("--address", default=None, help="Ray address")
+
+    p = sub.add_parser("logs", help=cmd_logs.__doc__, description=cmd_logs.__doc__)
+    p.add_argument("job_id", help="job ID")
+    p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    p.add_argument("--address", default=None, help="Ray address")
+
+    p = sub.add_parser("cancel", help=cmd_cancel.__doc__, description=cmd_cancel.__doc__)
+    p.add_argument("job_id", help="job ID")
+    p.add_argument("--address", default=None, help="Ray address")
+
+    p = sub.add_parser("controller", help=cmd_controller.__doc__, description=cmd_controller.__doc__)
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--address", default=None, help="Ray address (start: a local head is started when none runs)")
+    p.add_argument("--num-cpus", type=int, default=None, help="start: CPUs of the local head it starts")
+
     p = sub.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
 
@@ -388,6 +564,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "estimate": lambda a: cmd_estimate(a.job, a.overrides, a.gpu_memory),
     "eval": lambda a: cmd_eval(a.model, a.adapter, a.tasks, a.job, a.metric, a.max_examples, a.max_drop, a.out),
     "merge": cmd_merge,
+    "submit": lambda a: cmd_submit(a.job, a.overrides, a.priority, a.team, a.address, a.wait),
+    "list": lambda a: cmd_list(a.state, a.limit, a.address, a.as_json),
+    "status": lambda a: cmd_status(a.job_id, a.address, a.as_json),
+    "logs": lambda a: cmd_logs(a.job_id, a.follow, a.address),
+    "cancel": lambda a: cmd_cancel(a.job_id, a.address),
+    "controller": lambda a: cmd_controller(a.action, a.address, a.num_cpus),
     "demo-data": lambda a: cmd_demo_data(a.out_dir),
     "build-base": lambda a: cmd_build_base(),
 }

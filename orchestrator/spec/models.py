@@ -283,6 +283,10 @@ class ResourcesSpec(Strict):
     offload: Literal["none", "optimizer", "all"] = "none"
     """Offload to CPU memory (deepspeed or fsdp): optimizer states, or optimizer + params."""
 
+    placement: Literal["pack", "spread"] = "pack"
+    """Where Ray puts the workers: pack them on as few nodes as possible (fast collectives),
+    or spread them over nodes (one node's loss takes fewer ranks; uses every node's CPUs)."""
+
 
 # ---------------------------------------------------------------------- checkpoint
 

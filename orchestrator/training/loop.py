@@ -421,8 +421,17 @@ def _begin_attempt(config: dict[str, Any], checkpoints: Path, rank: int) -> tupl
     workers = Path(config["run_dir"]) / "workers"
     workers.mkdir(exist_ok=True)
     write_json(workers / f"rank-{rank:05d}.json", {"pid": os.getpid(), "host": socket.gethostname(),
-                                                     "attempt": attempt["number"]})
+                                                     "node_id": _ray_node_id(), "attempt": attempt["number"]})
     return attempt, Path(resume) if resume else None
+
+
+def _ray_node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray (unit tests drive the loop directly)
+        return None
 
 
 def _latest_of_this_job(checkpoints: Path, job_token: str) -> str | None:

@@ -350,7 +350,7 @@ def train_on_ray(spec: JobSpec, config: dict[str, Any], run_dir: Path, address: 
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=r.placement.upper()),
         run_config=RunConfig(name=f"{spec.name}-{config['spec_hash'][:8]}", storage_path=str(run_dir / "ray"),
                              failure_config=FailureConfig(max_failures=spec.checkpoint.max_failures)),
     )
