@@ -274,15 +274,19 @@ class SubprocessLauncher:
         return cmd
 
     def launch(self, record: JobRecord) -> ProcessRunner:
+        """Start the runner detached from the controller's process (double fork, own session):
+        Ray kills a worker's children when the worker dies, and a runner must outlive a
+        controller restart to be adopted by the next one."""
+        import json
         import subprocess
+        import sys
 
-        log = open(Path(record.run_dir) / "driver.log", "ab")
-        try:
-            popen = subprocess.Popen(self.command(record), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, env=_runner_env())
-        finally:
-            log.close()
-        return ProcessRunner(popen.pid, popen)
+        done = subprocess.run([sys.executable, "-c", _SPAWN, json.dumps(self.command(record)),
+                               str(Path(record.run_dir) / "driver.log")],
+                              capture_output=True, text=True, env=_runner_env(), timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip()[-300:] or f"exit {done.returncode}")
+        return ProcessRunner(int(done.stdout.strip().splitlines()[-1]))
 
     def adopt(self, record: JobRecord) -> ProcessRunner | None:
         if not record.pid:
@@ -296,6 +300,17 @@ class SubprocessLauncher:
         if not all(part in cmdline for part in want):
             return None
         return ProcessRunner(record.pid)
+
+
+# The intermediate process of the double fork: starts the runner in its own session, prints
+# its pid and exits, so the runner is nobody's child but init's.
+_SPAWN = """
+import json, subprocess, sys
+cmd, log = json.loads(sys.argv[1]), sys.argv[2]
+with open(log, "ab") as out:
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+print(p.pid)
+"""
 
 
 def _runner_env() -> dict[str, str]:

@@ -44,7 +44,7 @@ def after_runner(end: RunnerEnd, attempts: int, max_attempts: int) -> Decision:
         return Decision(JobState.FAILED, "a forgetting gate stopped the job (see forgetting.json)")
     if end.code == EXIT_INVALID:
         return Decision(JobState.FAILED, "the job file is invalid (see the log)")
-    if end.code == EXIT_PREEMPTED:
+    if end.code == EXIT_PREEMPTED or (end.code is None and end.summary_status == "preempted"):
         # Saved a checkpoint on SIGTERM: resuming is the point, and it was not its fault.
         return Decision(JobState.RETRYING, "preempted after a checkpoint; re-queued to resume",
                         counts_as_attempt=False)

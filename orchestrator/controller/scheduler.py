@@ -77,6 +77,9 @@ def plan(queued: Iterable[Candidate], free: Resources, capacity: Resources,
             reject.append((job.id, reason))
             continue
         quota = quotas.get(job.team)
+        if quota is not None and not job.need.fits_in(quota):
+            reject.append((job.id, f"needs {job.need} but team {job.team or '(none)'}'s quota is {quota}"))
+            continue
         if quota is not None and not (usage.get(job.team, Resources()) + job.need).fits_in(quota):
             waiting[job.id] = f"team {job.team or '(none)'} would exceed its quota of {quota}"
             continue

@@ -142,8 +142,7 @@ class SQLiteJobStore:
         sets = {"state": target.value, **fields}
         if reason:
             sets["reason"] = reason
-        if target.terminal:
-            sets["finished_at"] = now
+        sets["finished_at"] = now if target.terminal else None
         clause = "id = ? AND state = ?" + (" AND token = ?" if token is not None else "")
         args = [job_id, expected.value] + ([token] if token is not None else [])
         with self._tx() as db:
@@ -196,7 +195,7 @@ class SQLiteJobStore:
             states = list(states)
             query += f" WHERE state IN ({', '.join('?' for _ in states)})"
             args = [s.value for s in states]
-        query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
         return [_record(r) for r in self._read(query, args)]
 
     def queued(self) -> list[Candidate]:
