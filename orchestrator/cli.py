@@ -323,8 +323,10 @@ def cmd_list(states: list[str], limit: int | None, address: str | None, as_json:
             print(json.dumps(records, indent=2))
             return
         table = Table()
-        for column in ("id", "state", "priority", "team", "CPU", "GPU", "attempts", "age", "reason"):
-            table.add_column(column)
+        table.add_column("id", no_wrap=True, min_width=max((len(r["id"]) for r in records), default=2))
+        for column in ("state", "priority", "team", "CPU", "GPU", "attempts", "age"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("reason", overflow="fold")
         for r in records:
             age = time.time() - r["submitted_at"]
             table.add_row(r["id"], r["state"], str(r["priority"]), r["team"], f"{r['cpus']:g}", f"{r['gpus']:g}",
