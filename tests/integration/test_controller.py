@@ -56,7 +56,7 @@ def states_of(status: dict) -> list[str]:
 
 def test_submit_status_logs_cancel_and_resume_a_real_job(controller, capsys):
     client = controller()
-    code = main(["submit", str(QUICKSTART), *SMALL, "training.max_steps=120", "checkpoint.every_steps=10",
+    code = main(["submit", str(QUICKSTART), *SMALL, "training.max_steps=200", "checkpoint.every_steps=10",
                  "--priority", "3"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -83,13 +83,13 @@ def test_submit_status_logs_cancel_and_resume_a_real_job(controller, capsys):
     assert "re-queued" in capsys.readouterr().out
     done = client.wait(job_id, timeout=240)
     assert done["state"] == "SUCCEEDED", done
-    assert done["summary"]["steps"] == 120 and done["summary"]["resumed_from"].endswith(f"step-{saved:08d}")
+    assert done["summary"]["steps"] == 200 and done["summary"]["resumed_from"].endswith(f"step-{saved:08d}")
     assert states_of(done)[-4:] == ["QUEUED", "STARTING", "RUNNING", "SUCCEEDED"]
     assert main(["status", job_id]) == 0
     assert "CANCELLED" in capsys.readouterr().out  # the history keeps the cancel
     assert main(["logs", job_id]) == 0
     log = capsys.readouterr().out
-    assert "preempted at step" in log and "120 steps on 1 worker(s)" in log  # both attempts' output
+    assert "preempted at step" in log and "200 steps on 1 worker(s)" in log  # both attempts' output
 
     # Unknown IDs get a sentence, not a traceback.
     assert main(["status", "no-such-job"]) == 2
