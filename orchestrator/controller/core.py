@@ -51,6 +51,7 @@ class ControllerSettings:
     max_attempts: int = 3             # starts per job, lost runners included (preemptions excluded)
     cancel_grace_s: float = 120.0     # SIGTERM -> SIGKILL for a cancelled job
     quotas: dict[str, Resources] = field(default_factory=dict)
+    page: int = 256                   # queued jobs read per scheduling page
 
 
 class Controller:
@@ -115,9 +116,11 @@ class Controller:
                 if runner is not None and runner.alive():
                     self.watched[record.id] = Watched(runner, record.token)
                     continue
-                self._decide(record, policy.RunnerEnd(
-                    code=read_exit(Path(record.run_dir), record.token), summary_status=_summary_status(record),
-                    cancel_requested=record.cancel_requested))
+                end = policy.RunnerEnd(code=read_exit(Path(record.run_dir), record.token),
+                                       summary_status=_summary_status(record), cancel_requested=record.cancel_requested)
+                decision = policy.on_controller_start(record.state, False, end, record.attempts,
+                                                      self.settings.max_attempts)
+                self._carry_out(record, decision, end.code)
             for record in self.store.list([JobState.RETRYING]):
                 self._requeue(record)
 
@@ -157,7 +160,7 @@ class Controller:
             free = free - record.need
             usage[record.team] = usage.get(record.team, Resources()) + record.need
         started = time.perf_counter()
-        decision = plan(self.store.queued(), free, capacity, usage, self.settings.quotas, ordered=True)
+        decision = self._plan(free, capacity, usage)
         self.last_plan_seconds = time.perf_counter() - started
         for job_id, reason in decision.reject:
             self._try(lambda: self.store.move(job_id, JobState.QUEUED, JobState.REJECTED, reason))
@@ -165,6 +168,18 @@ class Controller:
             self._start(job_id)
         return {"started": list(decision.start), "rejected": [j for j, _ in decision.reject],
                 "plan_seconds": self.last_plan_seconds}
+
+    def _plan(self, free: Resources, capacity: Resources, usage: dict[str, Resources]):
+        """Plan over the head of the queue, a page at a time: the scheduler stops at the first
+        job that does not fit, so a deep queue costs no more than a short one."""
+        queue, offset = [], 0
+        while True:
+            page = self.store.queued(limit=self.settings.page, offset=offset)
+            queue += page
+            decision = plan(queue, free, capacity, usage, self.settings.quotas, ordered=True)
+            if decision.blocked_by is not None or len(page) < self.settings.page:
+                return decision
+            offset += len(page)
 
     def _start(self, job_id: str) -> None:
         try:
@@ -183,8 +198,11 @@ class Controller:
                                           token=record.token))
 
     def _decide(self, record: JobRecord, end: policy.RunnerEnd, reason_prefix: str = "") -> None:
-        decision = policy.after_runner(end, record.attempts, self.settings.max_attempts)
-        fields: dict[str, Any] = {"exit_code": end.code}
+        self._carry_out(record, policy.after_runner(end, record.attempts, self.settings.max_attempts), end.code,
+                        reason_prefix)
+
+    def _carry_out(self, record: JobRecord, decision: policy.Decision, code: int | None, reason_prefix: str = "") -> None:
+        fields: dict[str, Any] = {"exit_code": code}
         if not decision.counts_as_attempt:
             fields["attempts"] = max(record.attempts - 1, 0)
         moved = self._try(lambda: self.store.move(record.id, record.state, decision.state,

@@ -65,4 +65,9 @@ def on_controller_start(state: JobState, runner_alive: bool, end: RunnerEnd, att
         return None
     if runner_alive:
         return None  # adopt it: the runner kept going while the controller was away
+    if end.code not in (EXIT_OK, EXIT_INVALID, EXIT_GATE, EXIT_PREEMPTED) and end.summary_status != "succeeded":
+        # It failed while nobody watched: most likely with the cluster it ran on (a Ray
+        # restart takes every runner down with it). Resuming from a checkpoint is safe; a
+        # job that fails on its own fails again, watched, within max_attempts.
+        end = RunnerEnd(code=None, summary_status=None, cancel_requested=end.cancel_requested)
     return after_runner(end, attempts, max_attempts)

@@ -69,6 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+# Credentials a job may need, by the names the libraries read them under. They reach a job
+# only from the node: its environment, or a file named by FTCTL_SECRETS_FILE (KEY=VALUE
+# lines) there. They never pass through the job record, the runtime env or the logs.
+SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def load_secrets_file(path: str | None) -> list[str]:
+    """Set the KEY=VALUE lines of `path` in this process's environment; the names set."""
+    if not path:
+        return []
+    names = []
+    for line in Path(path).read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ[key.strip()] = value.strip()
+            names.append(key.strip())
+    return names
+
+
 def _run(spec_dict: dict, run_dir: Path, address: str | None) -> int:
     from rich.console import Console
 
@@ -78,6 +98,11 @@ def _run(spec_dict: dict, run_dir: Path, address: str | None) -> int:
     spec = resolve_spec(spec_dict)
     # The log is a file, read by `ftctl logs`: plain lines, no live progress bar.
     console = Console(file=sys.stdout, force_terminal=False, width=120)
+    from_file = load_secrets_file(os.environ.get("FTCTL_SECRETS_FILE"))
+    present = sorted({n for n in SECRET_NAMES if os.environ.get(n)} | set(from_file))
+    if present:  # names only, never values
+        console.print(f"credentials available to this job: {', '.join(present)}"
+                      + (f" ({len(from_file)} from FTCTL_SECRETS_FILE)" if from_file else " (from the node's environment)"))
     return run_job(spec, run_dir=run_dir, address=address, console=console)
 
 

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority DESC, seq);
 CREATE TABLE IF NOT EXISTS events (
     job TEXT NOT NULL,
     at REAL NOT NULL,
@@ -198,10 +199,11 @@ class SQLiteJobStore:
         query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
         return [_record(r) for r in self._read(query, args)]
 
-    def queued(self) -> list[Candidate]:
-        """QUEUED jobs in queue order (priority, then submission)."""
+    def queued(self, limit: int | None = None, offset: int = 0) -> list[Candidate]:
+        """QUEUED jobs in queue order (priority, then submission); a page of them with `limit`."""
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         rows = self._read("SELECT id, priority, seq, cpus, gpus, team FROM jobs WHERE state = ? "
-                          "ORDER BY priority DESC, seq ASC", (JobState.QUEUED.value,))
+                          "ORDER BY priority DESC, seq ASC" + page, (JobState.QUEUED.value,))
         return [Candidate(r["id"], r["priority"], r["seq"], Resources(r["cpus"], r["gpus"]), r["team"]) for r in rows]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
