@@ -314,8 +314,8 @@ class SubprocessLauncher:
         except OSError:
             return None
         # The pid may have been reused: it is ours only if it runs this job under this token.
-        want = [b"--job", record.id.encode(), b"--token", str(record.token).encode()]
-        if not all(part in cmdline for part in want):
+        pairs = set(zip(cmdline, cmdline[1:]))
+        if (b"--job", record.id.encode()) not in pairs or (b"--token", str(record.token).encode()) not in pairs:
             return None
         return ProcessRunner(record.pid)
 

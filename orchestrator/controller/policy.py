@@ -36,10 +36,11 @@ class Decision:
 
 def after_runner(end: RunnerEnd, attempts: int, max_attempts: int) -> Decision:
     """`attempts`: starts so far, this one included; `max_attempts`: the most a job gets."""
+    if end.code == EXIT_OK or (end.code is None and end.summary_status == "succeeded"):
+        # Finished before a cancel could stop it: what happened is that it succeeded.
+        return Decision(JobState.SUCCEEDED, "the job finished")
     if end.cancel_requested:
         return Decision(JobState.CANCELLED, "cancelled on request", counts_as_attempt=False)
-    if end.code == EXIT_OK or (end.code is None and end.summary_status == "succeeded"):
-        return Decision(JobState.SUCCEEDED, "the job finished")
     if end.code == EXIT_GATE or end.summary_status == "stopped_by_gate":
         return Decision(JobState.FAILED, "a forgetting gate stopped the job (see forgetting.json)")
     if end.code == EXIT_INVALID:

@@ -171,7 +171,8 @@ def test_200_concurrent_submissions_all_end_accounted_for(controller):
 
     def submit(n: int) -> None:
         for _ in range(n):
-            record = client.submit(QUICKSTART, ["resources.workers=1"], priority=len(ids) % 3)
+            record = client.submit(QUICKSTART, ["resources.workers=1", "resources.cpus_per_worker=0.25"],
+                                   priority=len(ids) % 3)
             with lock:
                 ids.append(record["id"])
 

@@ -18,10 +18,15 @@ def test_the_exit_codes_match_what_ftctl_run_returns():
 # -------------------------------------------------------------------- after_runner
 
 
-@pytest.mark.parametrize("end", [RunnerEnd(0, "succeeded", True), RunnerEnd(1, cancel_requested=True),
+def test_a_job_that_finished_before_its_cancel_took_effect_succeeded():
+    d = after_runner(RunnerEnd(0, "succeeded", True), attempts=1, max_attempts=3)
+    assert d.state is JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize("end", [RunnerEnd(1, cancel_requested=True),
                                  RunnerEnd(4, "stopped_by_gate", True), RunnerEnd(75, cancel_requested=True),
                                  RunnerEnd(None, cancel_requested=True)])
-def test_a_cancel_request_wins_over_how_the_runner_ended(end):
+def test_a_cancel_request_wins_over_how_an_unfinished_runner_ended(end):
     d = after_runner(end, attempts=3, max_attempts=3)
     assert d.state is JobState.CANCELLED
     assert not d.requeue and not d.counts_as_attempt
