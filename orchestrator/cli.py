@@ -377,12 +377,21 @@ def cmd_cancel(job_id: str, address: str | None) -> int:
                                                       if c.status(job_id)["state"] == "RUNNING" else ""), start=False)
 
 
-def cmd_controller(action: str, address: str | None, num_cpus: int | None) -> int:
+def cmd_controller(action: str, address: str | None, num_cpus: int | None, quotas: list[str]) -> int:
     """Start, stop or show the controller (a detached Ray actor on the cluster's head node)."""
     import json
 
     from orchestrator.api import Client, ControllerUnavailable, connect, stop_controller
 
+    limits = {}
+    for item in quotas:
+        team, _, amount = item.partition("=")
+        cpus, _, gpus = amount.partition(":")
+        try:
+            limits[team] = {"cpus": float(cpus), "gpus": float(gpus or 0)}
+        except ValueError:
+            err_console.print(f"[red]✗[/red] --quota {item!r}: write TEAM=CPUS or TEAM=CPUS:GPUS, e.g. research=8:2")
+            return EXIT_INVALID
     try:
         if action == "stop":
             connect(address, start_ray=False)
@@ -391,7 +400,7 @@ def cmd_controller(action: str, address: str | None, num_cpus: int | None) -> in
             return EXIT_OK
         if action == "start":
             connect(address, start_ray=True, num_cpus=num_cpus)
-        client = Client(address=address, start=action == "start")
+        client = Client(address=address, start=action == "start", **({"quotas": limits} if limits else {}))
         console.print(json.dumps(client.info(), indent=2))
         return EXIT_OK
     except ControllerUnavailable as err:
@@ -551,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--address", default=None, help="Ray address (start: a local head is started when none runs)")
     p.add_argument("--num-cpus", type=int, default=None, help="start: CPUs of the local head it starts")
+    p.add_argument("--quota", action="append", default=[], metavar="TEAM=CPUS[:GPUS]",
+                   help="start: the most a team's running jobs may hold together (repeatable)")
 
     p = sub.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
@@ -571,7 +582,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": lambda a: cmd_status(a.job_id, a.address, a.as_json),
     "logs": lambda a: cmd_logs(a.job_id, a.follow, a.address),
     "cancel": lambda a: cmd_cancel(a.job_id, a.address),
-    "controller": lambda a: cmd_controller(a.action, a.address, a.num_cpus),
+    "controller": lambda a: cmd_controller(a.action, a.address, a.num_cpus, a.quota),
     "demo-data": lambda a: cmd_demo_data(a.out_dir),
     "build-base": lambda a: cmd_build_base(),
 }

@@ -77,6 +77,7 @@ class ControllerActor:
         import os
 
         return {"pid": os.getpid(), "home": str(self.home), "store": self.controller.store.path,
+                "quotas": {t: vars(q) for t, q in self.controller.settings.quotas.items()},
                 "watching": sorted(self.controller.watched), "last_plan_seconds": self.controller.last_plan_seconds,
                 "capacity": vars(cluster_capacity()), "errors": self.errors}
 
