@@ -300,7 +300,6 @@ def run_loop_no_ray(steps: int, job: dict, work: Path, tag: str) -> dict:
            "--steps", str(steps)]
     log_path = work / f"loop-{tag}.log"
     with open(log_path, "w") as log:
-        t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         _wait(proc, "ftctl loop under torchrun", log_path)

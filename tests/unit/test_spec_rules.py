@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import JobSpec, Problem, SpecError, load_spec, resolve_spec
+from orchestrator.spec import JobSpec, Problem, SpecError, resolve_spec
 from orchestrator.spec import rules
 from orchestrator.spec.load import read_job_file
 
