@@ -15,7 +15,7 @@ NAME, NAMESPACE = "controller", "ftctl"
 
 
 class ControllerActor:
-    def __init__(self, home: str, run_root: str | None = None, poll_s: float = 0.5,
+    def __init__(self, home: str, run_root: str | None = None, poll_s: float = 0.25,
                  noop_seconds: float | None = None, max_attempts: int = 3, quotas: dict | None = None):
         import ray
 

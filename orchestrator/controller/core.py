@@ -170,16 +170,19 @@ class Controller:
                 "plan_seconds": self.last_plan_seconds}
 
     def _plan(self, free: Resources, capacity: Resources, usage: dict[str, Resources]):
-        """Plan over the head of the queue, a page at a time: the scheduler stops at the first
-        job that does not fit, so a deep queue costs no more than a short one."""
-        queue, offset = [], 0
-        while True:
-            page = self.store.queued(limit=self.settings.page, offset=offset)
-            queue += page
-            decision = plan(queue, free, capacity, usage, self.settings.quotas, ordered=True)
-            if decision.blocked_by is not None or len(page) < self.settings.page:
-                return decision
-            offset += len(page)
+        """Plan over the head of the queue, read a page at a time as the scheduler walks it:
+        it stops at the first job that does not fit, so a deep queue costs no more than a
+        short one."""
+        def queue():
+            offset = 0
+            while True:
+                page = self.store.queued(limit=self.settings.page, offset=offset)
+                yield from page
+                if len(page) < self.settings.page:
+                    return
+                offset += len(page)
+
+        return plan(queue(), free, capacity, usage, self.settings.quotas, ordered=True)
 
     def _start(self, job_id: str) -> None:
         try:

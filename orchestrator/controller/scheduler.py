@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 
+MAX_REASONS = 100  # waiting reasons kept per plan
+
+
 @dataclass(frozen=True)
 class Resources:
     cpus: float = 0.0
@@ -81,7 +84,8 @@ def plan(queued: Iterable[Candidate], free: Resources, capacity: Resources,
             reject.append((job.id, f"needs {job.need} but team {job.team or '(none)'}'s quota is {quota}"))
             continue
         if quota is not None and not (usage.get(job.team, Resources()) + job.need).fits_in(quota):
-            waiting[job.id] = f"team {job.team or '(none)'} would exceed its quota of {quota}"
+            if len(waiting) < MAX_REASONS:  # a deep queue held by quotas: the first ones say enough
+                waiting[job.id] = f"team {job.team or '(none)'} would exceed its quota of {quota}"
             continue
         if job.need.fits_in(free):
             start.append(job.id)
