@@ -90,16 +90,6 @@ class Capacity:
 # --------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "home" / "jobs.sqlite"
-
-
-@pytest.fixture
-def store(db_path):
-    s = SQLiteJobStore(db_path)
-    yield s
-    s.close()
 
 
 @pytest.fixture
@@ -318,24 +308,15 @@ def test_exit_1_fails(ctl, store, launcher):
     assert len(launcher.launched) == 1
 
 
-def test_exit_4_fails_with_the_gate_reason(ctl, store, launcher):
+@pytest.mark.parametrize("code, words", [(4, "forgetting gate"), (2, "invalid")])
+def test_exit_4_and_2_fail_with_their_reason(ctl, store, launcher, code, words):
     job = submit(ctl)
     ctl.tick()
-    launcher.runner(job.id).exit(4)
+    launcher.runner(job.id).exit(code)
     ctl.tick()
     rec = store.get(job.id)
-    assert (rec.state, rec.exit_code) == (JobState.FAILED, 4)
-    assert "forgetting gate" in rec.reason
-
-
-def test_exit_2_fails_as_an_invalid_job(ctl, store, launcher):
-    job = submit(ctl)
-    ctl.tick()
-    launcher.runner(job.id).exit(2)
-    ctl.tick()
-    rec = store.get(job.id)
-    assert (rec.state, rec.exit_code) == (JobState.FAILED, 2)
-    assert "invalid" in rec.reason
+    assert (rec.state, rec.exit_code) == (JobState.FAILED, code)
+    assert words in rec.reason
 
 
 def test_exit_75_requeues_without_counting_an_attempt_and_starts_again_under_token_2(ctl, store, launcher):

@@ -15,16 +15,6 @@ from orchestrator.controller.store import SQLiteJobStore, StaleUpdate
 Q, S, R, T = JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.RETRYING
 
 
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "home" / "jobs.sqlite"
-
-
-@pytest.fixture
-def store(db_path):
-    s = SQLiteJobStore(db_path)
-    yield s
-    s.close()
 
 
 def add(store, name="job", priority=0, team="", cpus=1.0, gpus=0.0, **kw):
