@@ -408,6 +408,42 @@ def cmd_controller(action: str, address: str | None, num_cpus: int | None, quota
         return EXIT_FAILED
 
 
+def cmd_launch_k8s(job: Path, overrides: list[str], image: str, namespace: str, workers: int | None,
+                   gpus_per_worker: float | None, pvc: str, cron: str | None, secrets: list[str], apply: bool) -> int:
+    """Render the job as KubeRay manifests (a ConfigMap with the job file and a RayJob, or a
+    RayCronJob with --cron); print them, or pipe them to kubectl with --apply."""
+    import shutil
+    import subprocess
+
+    from orchestrator.launchers.kubernetes import K8sOptions, SecretRef, render_manifests, to_yaml
+    from orchestrator.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(job, overrides, check_files=False)  # the files live on the cluster
+    except SpecError as err:
+        print_problems(job, err)
+        return EXIT_INVALID
+    refs = []
+    for item in secrets:
+        env, _, ref = item.partition("=")
+        secret, _, key = ref.partition(":")
+        if not (env and secret and key):
+            err_console.print(f"[red]✗[/red] --secret {item!r}: write ENV=SECRET:KEY, e.g. HF_TOKEN=hf-token:token")
+            return EXIT_INVALID
+        refs.append(SecretRef(env, secret, key))
+    options = K8sOptions(image=image, namespace=namespace, workers=workers, gpus_per_worker=gpus_per_worker,
+                         pvc=pvc, cron=cron, **({"secrets": tuple(refs)} if refs else {}))
+    text = to_yaml(render_manifests(spec, options))
+    if not apply:
+        sys.stdout.write(text)
+        return EXIT_OK
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        err_console.print("[red]✗[/red] --apply needs kubectl on PATH; without --apply the manifests are printed")
+        return EXIT_FAILED
+    return subprocess.run([kubectl, "apply", "-f", "-"], input=text, text=True).returncode
+
+
 def cmd_demo_data(out_dir: Path) -> int:
     """Write the demo datasets (target task, held-out source tasks, classification) as JSONL."""
     from orchestrator.models.tiny.demo_data import write_demo_data
@@ -563,6 +599,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quota", action="append", default=[], metavar="TEAM=CPUS[:GPUS]",
                    help="start: the most a team's running jobs may hold together (repeatable)")
 
+    launch = sub.add_parser("launch", help="Render (and submit) the job for a cluster scheduler.",
+                            description="Render (and submit) the job for a cluster scheduler.")
+    targets = launch.add_subparsers(dest="target", metavar="TARGET", required=True)
+    p = targets.add_parser("k8s", help=cmd_launch_k8s.__doc__, description=cmd_launch_k8s.__doc__)
+    p.add_argument("job", type=Path, help="job file (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
+    p.add_argument("--image", default="ftctl:latest", help="container image with ftctl installed")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--workers", type=int, default=None, help="worker pods (default: resources.workers)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="default: resources.gpus_per_worker")
+    p.add_argument("--pvc", default="ftctl-runs", help="PersistentVolumeClaim for run dirs and checkpoints")
+    p.add_argument("--cron", default=None, help='a schedule such as "0 3 * * *": render a RayCronJob')
+    p.add_argument("--secret", action="append", default=[], metavar="ENV=SECRET:KEY",
+                   help="an env var from a Secret key (default HF_TOKEN=hf-token:token; repeatable)")
+    p.add_argument("--apply", action="store_true", help="pipe the manifests to kubectl apply")
+
     p = sub.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
 
@@ -577,6 +629,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "estimate": lambda a: cmd_estimate(a.job, a.overrides, a.gpu_memory),
     "eval": lambda a: cmd_eval(a.model, a.adapter, a.tasks, a.job, a.metric, a.max_examples, a.max_drop, a.out),
     "merge": cmd_merge,
+    "launch": lambda a: {"k8s": lambda: cmd_launch_k8s(a.job, a.overrides, a.image, a.namespace, a.workers,
+                                                      a.gpus_per_worker, a.pvc, a.cron, a.secret, a.apply)}[a.target](),
     "submit": lambda a: cmd_submit(a.job, a.overrides, a.priority, a.team, a.address, a.wait),
     "list": lambda a: cmd_list(a.state, a.limit, a.address, a.as_json),
     "status": lambda a: cmd_status(a.job_id, a.address, a.as_json),

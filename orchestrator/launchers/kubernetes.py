@@ -1,0 +1,154 @@
+"""KubeRay manifests for a job, rendered by pure functions (dicts); applying them is separate.
+
+A job becomes a ConfigMap holding its resolved job file and a RayJob whose RayCluster has a
+CPU head (where `ftctl run` drives the job) and a worker group sized from the job's
+resources, with GPU tolerations, a PVC for checkpoints and run dirs, and credentials from
+Kubernetes Secrets (secretKeyRef, never literal values). With a cron schedule the RayJob
+spec is wrapped in a RayCronJob.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from orchestrator.spec.models import JobSpec
+
+RUNS_MOUNT = "/ftctl"            # the PVC: FTCTL_HOME (caches) and run dirs live here
+CONFIG_MOUNT = "/etc/ftctl"      # the ConfigMap with job.yaml
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """An environment variable filled from a Kubernetes Secret's key."""
+    env: str
+    secret: str
+    key: str
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    image: str = "ftctl:latest"
+    namespace: str = "default"
+    workers: int | None = None            # default: the job's resources.workers
+    gpus_per_worker: float | None = None  # default: the job's resources.gpus_per_worker
+    cpus_per_worker: float | None = None
+    memory_per_worker: str = "32Gi"
+    pvc: str = "ftctl-runs"
+    cron: str | None = None
+    secrets: tuple[SecretRef, ...] = field(default_factory=lambda: (SecretRef("HF_TOKEN", "hf-token", "token"),))
+    ttl_seconds_after_finished: int = 3600
+    backoff_limit: int = 2                # RayJob retries (each resumes from the PVC's checkpoints)
+
+
+def k8s_name(name: str, suffix: str = "") -> str:
+    """A DNS-1123 label from a job name (lowercase alphanumerics and '-', at most 63)."""
+    base = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "job"
+    return (base[: 63 - len(suffix)].rstrip("-") + suffix)[:63]
+
+
+def render_manifests(spec: JobSpec, options: K8sOptions) -> list[dict[str, Any]]:
+    """[ConfigMap, RayJob] or, with a cron schedule, [ConfigMap, RayCronJob]."""
+    name = k8s_name(spec.name)
+    config_map = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": k8s_name(spec.name, "-job"), "namespace": options.namespace, "labels": _labels(spec)},
+        "data": {"job.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)},
+    }
+    job_spec = rayjob_spec(spec, options)
+    if options.cron:
+        main = {"apiVersion": "ray.io/v1", "kind": "RayCronJob",
+                "metadata": {"name": name, "namespace": options.namespace, "labels": _labels(spec)},
+                "spec": {"schedule": options.cron, "jobTemplate": job_spec}}
+    else:
+        main = {"apiVersion": "ray.io/v1", "kind": "RayJob",
+                "metadata": {"name": name, "namespace": options.namespace, "labels": _labels(spec)},
+                "spec": job_spec}
+    return [config_map, main]
+
+
+def rayjob_spec(spec: JobSpec, options: K8sOptions) -> dict[str, Any]:
+    r = spec.resources
+    workers = options.workers or r.workers
+    gpus = r.gpus_per_worker if options.gpus_per_worker is None else options.gpus_per_worker
+    cpus = options.cpus_per_worker or r.cpus_per_worker
+    # A RayJob's retries share its run dir and resume from its checkpoints. Each scheduled run
+    # of a RayCronJob gets a run dir of its own (stamped when its entrypoint starts), so a
+    # new run never "resumes" the finished one before it.
+    stamp = "-$(date -u +%Y%m%dT%H%M%SZ)" if options.cron else ""
+    run_dir = f"{RUNS_MOUNT}/runs/{spec.name}{stamp}"
+    # The job file's worker count follows the worker group; resume=auto continues from the PVC.
+    entrypoint = (f"ftctl run {CONFIG_MOUNT}/job.yaml resources.workers={workers} "
+                  f"resources.gpus_per_worker={gpus:g} resources.cpus_per_worker={cpus:g} "
+                  f"checkpoint.resume=auto --run-dir {run_dir} --address auto")
+    return {
+        "entrypoint": entrypoint,
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
+        "backoffLimit": options.backoff_limit,
+        "submissionMode": "K8sJobMode",
+        "rayClusterSpec": {
+            "headGroupSpec": {
+                # The head drives the job (ftctl run) and trains nothing: no CPUs for Ray tasks.
+                "rayStartParams": {"num-cpus": "0"},
+                "template": _pod(spec, options, "ray-head", {"cpu": "2", "memory": "8Gi"}, gpus=0),
+            },
+            "workerGroupSpecs": [{
+                "groupName": "gpu-workers" if gpus else "cpu-workers",
+                "replicas": workers, "minReplicas": workers, "maxReplicas": workers,
+                "rayStartParams": {},
+                "template": _pod(spec, options, "ray-worker",
+                                 {"cpu": f"{cpus:g}", "memory": options.memory_per_worker}, gpus=gpus),
+            }],
+        },
+    }
+
+
+def _pod(spec: JobSpec, options: K8sOptions, container: str, resources: dict[str, str], gpus: float) -> dict:
+    limits = dict(resources)
+    if gpus:
+        limits["nvidia.com/gpu"] = str(int(gpus)) if float(gpus).is_integer() else f"{gpus:g}"
+    env = [{"name": "FTCTL_HOME", "value": f"{RUNS_MOUNT}/home"}] + [
+        {"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}} for s in options.secrets]
+    pod: dict[str, Any] = {
+        "metadata": {"labels": _labels(spec)},
+        "spec": {
+            "containers": [{
+                "name": container, "image": options.image,
+                "resources": {"requests": dict(resources), "limits": limits},
+                "env": env,
+                "volumeMounts": [{"name": "runs", "mountPath": RUNS_MOUNT},
+                                 {"name": "job", "mountPath": CONFIG_MOUNT, "readOnly": True},
+                                 {"name": "dshm", "mountPath": "/dev/shm"}],
+            }],
+            "volumes": [{"name": "runs", "persistentVolumeClaim": {"claimName": options.pvc}},
+                        {"name": "job", "configMap": {"name": k8s_name(spec.name, "-job")}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        },
+    }
+    if gpus:
+        pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return pod
+
+
+def _labels(spec: JobSpec) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "ftctl", "ftctl/job": k8s_name(spec.name)}
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, value: str):
+    # Multi-line strings (the embedded job file) as readable literal blocks.
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(manifests: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(manifests, Dumper=_Dumper, sort_keys=False)
