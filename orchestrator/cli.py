@@ -444,6 +444,37 @@ def cmd_launch_k8s(job: Path, overrides: list[str], image: str, namespace: str, 
     return subprocess.run([kubectl, "apply", "-f", "-"], input=text, text=True).returncode
 
 
+def cmd_launch_slurm(job: Path, overrides: list[str], nodes: int, gpus_per_node: int, cpus_per_node: int | None,
+                     partition: str | None, time: str | None, account: str | None, port: int, run_dir: Path | None,
+                     submit: bool) -> int:
+    """Render the job as an sbatch script (Ray head + workers on the allocation, then ftctl run);
+    print it, or submit it with --submit."""
+    from orchestrator.launchers.slurm import LaunchError, SlurmOptions, render_sbatch, submit_sbatch
+    from orchestrator.spec import SpecError, load_spec
+    from orchestrator.spec.paths import ftctl_home
+    from orchestrator.training.run import default_run_dir
+
+    try:
+        spec = load_spec(job, overrides)
+    except SpecError as err:
+        print_problems(job, err)
+        return EXIT_INVALID
+    run_dir = (run_dir or default_run_dir(spec)).resolve()
+    options = SlurmOptions(nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node,
+                           partition=partition, time=time, account=account, port=port)
+    try:
+        script = render_sbatch(spec, job, overrides, run_dir, ftctl_home(), options)
+        if not submit:
+            sys.stdout.write(script)
+            return EXIT_OK
+        job_id = submit_sbatch(script, run_dir)
+    except LaunchError as err:
+        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
+        return EXIT_INVALID
+    console.print(f"Slurm job {job_id}: run dir {run_dir}; log {run_dir / 'slurm'}/{spec.name}-{job_id}.out")
+    return EXIT_OK
+
+
 def cmd_demo_data(out_dir: Path) -> int:
     """Write the demo datasets (target task, held-out source tasks, classification) as JSONL."""
     from orchestrator.models.tiny.demo_data import write_demo_data
@@ -602,6 +633,19 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="Render (and submit) the job for a cluster scheduler.",
                             description="Render (and submit) the job for a cluster scheduler.")
     targets = launch.add_subparsers(dest="target", metavar="TARGET", required=True)
+    p = targets.add_parser("slurm", help=cmd_launch_slurm.__doc__, description=cmd_launch_slurm.__doc__)
+    p.add_argument("job", type=Path, help="job file (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--cpus-per-node", type=int, default=None, help="default: enough for the job's workers")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--time", default=None, help="time limit, e.g. 04:00:00 (the job checkpoints before it)")
+    p.add_argument("--account", default=None)
+    p.add_argument("--port", type=int, default=0, help="Ray head port (default: a free one, chosen at start)")
+    p.add_argument("--run-dir", type=Path, default=None, help="default runs/<name>-<timestamp> (on a shared file system)")
+    p.add_argument("--submit", action="store_true", help="sbatch it (default: print the script)")
+
     p = targets.add_parser("k8s", help=cmd_launch_k8s.__doc__, description=cmd_launch_k8s.__doc__)
     p.add_argument("job", type=Path, help="job file (YAML)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
@@ -629,8 +673,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "estimate": lambda a: cmd_estimate(a.job, a.overrides, a.gpu_memory),
     "eval": lambda a: cmd_eval(a.model, a.adapter, a.tasks, a.job, a.metric, a.max_examples, a.max_drop, a.out),
     "merge": cmd_merge,
-    "launch": lambda a: {"k8s": lambda: cmd_launch_k8s(a.job, a.overrides, a.image, a.namespace, a.workers,
-                                                      a.gpus_per_worker, a.pvc, a.cron, a.secret, a.apply)}[a.target](),
+    "launch": lambda a: {
+        "k8s": lambda: cmd_launch_k8s(a.job, a.overrides, a.image, a.namespace, a.workers, a.gpus_per_worker,
+                                      a.pvc, a.cron, a.secret, a.apply),
+        "slurm": lambda: cmd_launch_slurm(a.job, a.overrides, a.nodes, a.gpus_per_node, a.cpus_per_node, a.partition,
+                                          a.time, a.account, a.port, a.run_dir, a.submit),
+    }[a.target](),
     "submit": lambda a: cmd_submit(a.job, a.overrides, a.priority, a.team, a.address, a.wait),
     "list": lambda a: cmd_list(a.state, a.limit, a.address, a.as_json),
     "status": lambda a: cmd_status(a.job_id, a.address, a.as_json),
