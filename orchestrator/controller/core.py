@@ -249,18 +249,16 @@ def _summary_status(record: JobRecord) -> str | None:
 
 
 class ProcessRunner:
-    """A runner process: our child, or one adopted from an earlier controller by pid."""
+    """A runner process, known by pid. It is never our child (double fork), so it has no exit
+    status to poll: its end is seen as the pid going away, its exit code read from its exit file."""
 
-    def __init__(self, pid: int, popen=None):
+    def __init__(self, pid: int):
         self.pid = pid
-        self._popen = popen
 
     def poll(self) -> int | None:
-        return self._popen.poll() if self._popen is not None else None
+        return None
 
     def alive(self) -> bool:
-        if self._popen is not None:
-            return self._popen.poll() is None
         try:
             state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):

@@ -83,11 +83,6 @@ class Adapter:
     def uses_dora(self) -> bool:
         return any(u.magnitude is not None for u in self.updates.values())
 
-    @property
-    def nbytes(self) -> int:
-        tensors = [t for u in self.updates.values() for t in (u.A, u.B, u.magnitude, u.lora_bias) if t is not None]
-        return sum(t.numel() * t.element_size() for t in [*tensors, *self.replacements.values()])
-
     def summary(self) -> dict:
         ranks = sorted({u.rank for u in self.updates.values()})
         return {"path": str(self.path), "digest": self.digest, "modules": len(self.updates),

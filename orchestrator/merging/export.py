@@ -144,7 +144,7 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
         progress("verifying: logits of the merged model vs base + adapter")
         t0 = time.perf_counter()
         probe = ({k: req.heldout[0][k] for k in ("input_ids", "attention_mask")} if req.heldout
-                 else verify.probe_batch(None, None, int(config.get("vocab_size", 32000)), seed=req.seed))
+                 else verify.probe_batch(int(config.get("vocab_size", 32000)), seed=req.seed))
         # One model in memory at a time: each helper drops its model before returning logits.
         ref_logits = verify.reference_logits(probe, base_dir, adapters, weights, req.method, cmp_dtype, device,
                                              cat_adapter=staging / "adapter" if cat else None,

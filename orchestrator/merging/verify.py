@@ -42,15 +42,9 @@ def output_dtype(dtype: str, base_config: dict) -> str:
     return stored if stored in DTYPES else "float32"
 
 
-def probe_batch(tokenizer, texts: list[str] | None, vocab_size: int, seed: int = 0,
-                rows: int = 8, length: int = 32) -> dict[str, torch.Tensor]:
-    """Held-out text when there is some, else seeded random token ids (the merge must hold
-    for any input, so random ids are a fair probe)."""
-    if texts:
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        enc = tokenizer(list(texts[:rows]), padding=True, truncation=True, max_length=4 * length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+def probe_batch(vocab_size: int, seed: int = 0, rows: int = 8, length: int = 32) -> dict[str, torch.Tensor]:
+    """Seeded random token ids, the probe when there are no held-out rows (the merge must
+    hold for any input, so random ids are a fair probe)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (rows, length), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

@@ -59,12 +59,6 @@ class BaseWeights:
                     out[name] = (tuple(piece.get_shape()), piece.get_dtype())
         return out
 
-    def nbytes(self) -> int:
-        return sum((self.root / f).stat().st_size for f in self.files)
-
-    def largest_file_bytes(self) -> int:
-        return max((self.root / f).stat().st_size for f in self.files)
-
 
 def base_weights(root: Path) -> BaseWeights:
     root = Path(root)

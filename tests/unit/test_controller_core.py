@@ -943,11 +943,3 @@ def test_process_runner_sees_a_zombie_as_not_alive():
         assert Path(f"/proc/{proc.pid}").exists()
     finally:
         proc.wait()
-
-
-def test_process_runner_over_a_child_polls_it():
-    proc = subprocess.Popen(["/bin/sh", "-c", "exit 75"])
-    runner = ProcessRunner(proc.pid, popen=proc)
-    proc.wait()
-    assert runner.poll() == 75
-    assert runner.alive() is False

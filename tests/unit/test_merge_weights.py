@@ -115,7 +115,6 @@ def test_reads_a_single_file_model_dir(tmp_path):
     assert base.shapes() == {"model.embed.weight": ((4, 3), "F32"), "model.norm.weight": ((3,), "BF16")}
     for name, tensor in tensors.items():
         assert torch.equal(base.read(name), tensor)
-    assert base.nbytes() == (root / SINGLE).stat().st_size
 
 
 def test_reads_an_indexed_model_dir_file_by_file(tmp_path):
@@ -135,7 +134,6 @@ def test_reads_an_indexed_model_dir_file_by_file(tmp_path):
     for name, tensor in {**first, **second}.items():
         assert torch.equal(base.read(name), tensor)
     assert set(base.shapes()) == set(weight_map)
-    assert base.largest_file_bytes() == (root / "model-00001-of-00002.safetensors").stat().st_size
 
 
 def test_a_dir_without_config_json_is_not_a_model_dir(tmp_path):
