@@ -42,12 +42,19 @@ def build_request(*, adapters: list[Path], out: Path, base: str | None, weights:
     needs_tokenizer = heldout_source is not None or tasks or job is not None
     if not needs_tokenizer:
         return req
-    from orchestrator.merging.adapters import load_adapter
+    import json
+
     from orchestrator.merging.export import resolve_base
     from orchestrator.models.build import load_tokenizer
     from orchestrator.spec.models import ModelSpec
 
-    base_dir = resolve_base(base, load_adapter(adapters[0]).config)
+    # Only the config: the weights are read (and hashed) once, by the merge itself.
+    config_file = adapter_dir(adapters[0]) / "adapter_config.json"
+    try:
+        adapter_config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise MergeError(f"cannot read {config_file} ({err}); pass a PEFT adapter dir") from None
+    base_dir = resolve_base(base, adapter_config)
     tokenizer = load_tokenizer(str(base_dir), ModelSpec(path=str(base_dir)))
     if heldout_source is not None:
         req.heldout = heldout_rows(str(heldout_source), base_dir, tokenizer,
