@@ -129,7 +129,9 @@ def test_a_killed_controller_adopts_its_running_jobs_and_runs_none_twice(control
     wait_for(lambda: sum(client.status(j["id"])["state"] == "RUNNING" for j in jobs) == 3, 30, "3 running")
     pid_before = client.info()["pid"]
     ray.kill(controller_handle(start=False), no_restart=False)  # Ray restarts it; it reconciles
-    info = wait_for(lambda: _info_or_none(client), 60, "the restarted controller")
+    # ray.kill returns before the old process is gone: wait for the new one to answer.
+    info = wait_for(lambda: (_info_or_none(client) or {}).get("pid") not in (None, pid_before) and client.info(),
+                    60, "the restarted controller")
     assert info["pid"] != pid_before
     finals = [client.wait(j["id"], timeout=60) for j in jobs]
     assert [f["state"] for f in finals] == ["SUCCEEDED"] * 4
