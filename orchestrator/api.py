@@ -109,6 +109,40 @@ class Client:
     def info(self) -> dict[str, Any]:
         return self._call("info")
 
+    # ------------------------------------------------------------ refresh schedules
+
+    def schedule_add(self, name: str, cron: str, job: str | Path | dict, overrides: Iterable[str] = (),
+                     missed: str = "catch-up", priority: int = 0, team: str = "") -> dict[str, Any]:
+        """Refresh the adapter `name` on a cron schedule (UTC) with the job file `job`: each
+        firing trains from the promoted version on the data its glob matches then, and
+        promotes the result only when every gate passes."""
+        from orchestrator.refresh.jobs import absolute_paths, check_refreshable
+        from orchestrator.spec import load_spec, resolve_spec
+
+        spec = resolve_spec(job, list(overrides)) if isinstance(job, dict) else load_spec(Path(job), list(overrides))
+        problems = check_refreshable(spec)
+        if problems:
+            raise ValueError(f"{job} cannot be refreshed on a schedule: " + "; ".join(problems))
+        stored = absolute_paths(spec.model_dump(mode="json"), Path.cwd())
+        return self._call("schedule_add", name, cron, stored, missed, priority, team)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._call("schedule_list")
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        """One schedule and every firing it made."""
+        return self._call("schedule_get", name)
+
+    def schedule_remove(self, name: str) -> None:
+        self._call("schedule_remove", name)
+
+    def schedule_pause(self, name: str, paused: bool = True) -> dict[str, Any]:
+        return self._call("schedule_pause", name, paused)
+
+    def schedule_run_now(self, name: str) -> str | None:
+        """Fire one refresh now (outside the cron); the queued job's id, or None with the reason in the firings."""
+        return self._call("schedule_run_now", name)
+
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.5) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

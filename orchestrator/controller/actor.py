@@ -73,6 +73,33 @@ class ControllerActor:
         self.wake.set()
         return record.as_dict()
 
+    # Refresh schedules (they fire inside this controller's loop).
+    def schedule_add(self, name: str, cron: str, spec: dict, missed: str, priority: int, team: str) -> dict[str, Any]:
+        schedules = self.controller.schedules
+        record = schedules.add(name, cron, spec, missed, priority, team, now=self.controller.clock())
+        return record.as_dict(self.controller.clock())
+
+    def schedule_list(self) -> list[dict[str, Any]]:
+        now = self.controller.clock()
+        return [s.as_dict(now) | {"firings": self.controller.schedules.firings(s.name)[-5:]}
+                for s in self.controller.schedules.list()]
+
+    def schedule_get(self, name: str) -> dict[str, Any]:
+        schedules = self.controller.schedules
+        return schedules.get(name).as_dict(self.controller.clock()) | {"firings": schedules.firings(name)}
+
+    def schedule_remove(self, name: str) -> None:
+        self.controller.schedules.remove(name)
+
+    def schedule_pause(self, name: str, paused: bool) -> dict[str, Any]:
+        return self.controller.schedules.set_paused(name, paused, now=self.controller.clock()).as_dict(
+            self.controller.clock())
+
+    def schedule_run_now(self, name: str) -> str | None:
+        job_id = self.controller.run_schedule_now(name)
+        self.wake.set()
+        return job_id
+
     def info(self) -> dict[str, Any]:
         import os
 

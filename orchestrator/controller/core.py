@@ -56,8 +56,14 @@ class ControllerSettings:
 
 class Controller:
     def __init__(self, store: SQLiteJobStore, launcher: Launcher, capacity: Callable[[], Resources],
-                 run_root: Path, settings: ControllerSettings | None = None):
+                 run_root: Path, settings: ControllerSettings | None = None, clock: Callable[[], float] = time.time):
+        from orchestrator.refresh.registry import Registry
+        from orchestrator.refresh.schedules import ScheduleStore
+
         self.store = store
+        self.schedules = ScheduleStore(store)
+        self.registry = Registry(store)
+        self.clock = clock
         self.launcher = launcher
         self.capacity = capacity
         self.run_root = Path(run_root).resolve()
@@ -127,7 +133,59 @@ class Controller:
     def tick(self) -> dict[str, Any]:
         with self.lock:
             self._watch_runners()
-            return self._schedule()
+            fired = self.fire_schedules()
+            return {**self._schedule(), "fired": fired}
+
+    # ----------------------------------------------------------------- schedules
+
+    def fire_schedules(self) -> list[str]:
+        """Fire every schedule whose slot has come (see refresh.schedules.due); the job ids queued."""
+        from orchestrator.refresh.schedules import due
+
+        fired = []
+        for schedule in self.schedules.list():
+            if schedule.paused:
+                continue
+            now = self.clock()
+            decision = due(schedule.cron, schedule.last_slot, now, schedule.missed)
+            if decision.newest is None:
+                continue
+            job_id = self.schedules.fire(schedule, decision, now, lambda db, s=schedule: self._refresh_job(db, s))
+            if job_id:
+                fired.append(job_id)
+        return fired
+
+    def run_schedule_now(self, name: str) -> str | None:
+        with self.lock:
+            schedule = self.schedules.get(name)
+            return self.schedules.run_now(name, self.clock(), lambda db: self._refresh_job(db, schedule))
+
+    def _refresh_job(self, db, schedule) -> tuple[str | None, int | None, str]:
+        """Queue one refresh of `schedule` inside the firing's transaction: (job id, parent, note).
+        A refresh that cannot be built (no data yet, a bad job) queues nothing and says why."""
+        import uuid
+
+        from orchestrator.data.errors import DataError
+        from orchestrator.refresh.jobs import refresh_spec
+        from orchestrator.spec import SpecError
+
+        head = self.registry.head_in(db, schedule.name)
+        try:
+            spec = refresh_spec(schedule.spec, schedule.name, head)
+        except (DataError, SpecError, ValueError) as err:
+            return None, None, f"not fired: {err}"
+        job_id = f"{schedule.name}-{uuid.uuid4().hex[:8]}"
+        res = spec["resources"]
+        need = Resources(res["workers"] * res["cpus_per_worker"], res["workers"] * res["gpus_per_worker"])
+        why = never_fits(need, self.capacity())
+        if why:
+            return None, None, f"not fired: {why}"
+        files = spec["data"]["train"]["files"]
+        self.store.insert_job(db, job_id, schedule.name, spec, str(self.run_dir_for(job_id)), need,
+                              schedule.priority, schedule.team, reason=f"refresh of schedule {schedule.name}")
+        return job_id, spec["promotion"]["parent"], (
+            f"warm start from v{head.version}" if head else "first version: fresh adapter") + (
+            f"; {len(files)} data file(s)" if files else "")
 
     def _watch_runners(self) -> None:
         now = time.time()

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.noop_seconds)
             code = 0
         else:
-            code = _run(record.spec, run_dir, args.address)
+            code = _run(record.spec, run_dir, args.address, record.id, args.store)
     finally:
         path = exit_file(run_dir, args.token)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def load_secrets_file(path: str | None) -> list[str]:
     return names
 
 
-def _run(spec_dict: dict, run_dir: Path, address: str | None) -> int:
+def _run(spec_dict: dict, run_dir: Path, address: str | None, job_id: str, store: str) -> int:
     from rich.console import Console
 
     from orchestrator.spec import resolve_spec
@@ -103,7 +103,7 @@ def _run(spec_dict: dict, run_dir: Path, address: str | None) -> int:
     if present:  # names only, never values
         console.print(f"credentials available to this job: {', '.join(present)}"
                       + (f" ({len(from_file)} from FTCTL_SECRETS_FILE)" if from_file else " (from the node's environment)"))
-    return run_job(spec, run_dir=run_dir, address=address, console=console)
+    return run_job(spec, run_dir=run_dir, address=address, console=console, job_id=job_id, store=store)
 
 
 if __name__ == "__main__":

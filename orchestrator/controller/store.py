@@ -117,6 +117,11 @@ class SQLiteJobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
+    def add_schema(self, schema: str) -> None:
+        """Tables of the other records kept in this file (the adapter registry, schedules)."""
+        with self._lock:
+            self._db.executescript(schema)
+
     def close(self) -> None:
         self._db.close()
 
@@ -125,15 +130,22 @@ class SQLiteJobStore:
     def add(self, name: str, spec: dict[str, Any], run_dir: str, need: Resources, priority: int = 0,
             team: str = "", job_id: str | None = None) -> JobRecord:
         job_id = job_id or f"{name}-{uuid.uuid4().hex[:8]}"
-        now = time.time()
-        with self._tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            db.execute("INSERT INTO jobs (id, seq, name, team, priority, state, spec, run_dir, cpus, gpus, submitted_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (job_id, seq, name, team, priority, JobState.QUEUED.value, json.dumps(spec), run_dir,
-                        need.cpus, need.gpus, now))
-            db.execute("INSERT INTO events VALUES (?, ?, NULL, ?, 'submitted')", (job_id, now, JobState.QUEUED.value))
+        with self.transaction() as db:
+            self.insert_job(db, job_id, name, spec, run_dir, need, priority, team)
         return self.get(job_id)
+
+    @staticmethod
+    def insert_job(db: sqlite3.Connection, job_id: str, name: str, spec: dict[str, Any], run_dir: str,
+                   need: Resources, priority: int = 0, team: str = "", reason: str = "submitted") -> None:
+        """Queue a job inside the caller's transaction (a schedule firing queues its job and
+        records the fired slot in one transaction)."""
+        now = time.time()
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+        db.execute("INSERT INTO jobs (id, seq, name, team, priority, state, spec, run_dir, cpus, gpus, submitted_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (job_id, seq, name, team, priority, JobState.QUEUED.value, json.dumps(spec), run_dir,
+                    need.cpus, need.gpus, now))
+        db.execute("INSERT INTO events VALUES (?, ?, NULL, ?, ?)", (job_id, now, JobState.QUEUED.value, reason))
 
     def move(self, job_id: str, expected: JobState, target: JobState, reason: str = "",
              token: int | None = None, **fields: Any) -> JobRecord:
@@ -146,7 +158,7 @@ class SQLiteJobStore:
         sets["finished_at"] = now if target.terminal else None
         clause = "id = ? AND state = ?" + (" AND token = ?" if token is not None else "")
         args = [job_id, expected.value] + ([token] if token is not None else [])
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE {clause}",
                              [*sets.values(), *args])
             if cur.rowcount != 1:
@@ -158,7 +170,7 @@ class SQLiteJobStore:
         """QUEUED -> STARTING with a new fencing token: only the holder of that token may
         move the job on, so a runner from an earlier start can never report for this one."""
         now = time.time()
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute("UPDATE jobs SET state = ?, token = token + 1, attempts = attempts + 1, started_at = ?, "
                              "pid = NULL, exit_code = NULL WHERE id = ? AND state = ?",
                              (JobState.STARTING.value, now, job_id, JobState.QUEUED.value))
@@ -169,13 +181,13 @@ class SQLiteJobStore:
         return self.get(job_id)
 
     def request_cancel(self, job_id: str) -> JobRecord:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         return self.get(job_id)
 
     def set_fields(self, job_id: str, token: int, **fields: Any) -> None:
         """Record facts about the current start (pid) under its token."""
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ? AND token = ?",
                              [*fields.values(), job_id, token])
             if cur.rowcount != 1:
@@ -184,7 +196,7 @@ class SQLiteJobStore:
     # ------------------------------------------------------------------------ reads
 
     def get(self, job_id: str) -> JobRecord:
-        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = self.read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         row = rows[0] if rows else None
         if row is None:
             raise KeyError(f"no job {job_id!r}; `ftctl list` shows the jobs")
@@ -197,23 +209,23 @@ class SQLiteJobStore:
             query += f" WHERE state IN ({', '.join('?' for _ in states)})"
             args = [s.value for s in states]
         query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        return [_record(r) for r in self._read(query, args)]
+        return [_record(r) for r in self.read(query, args)]
 
     def queued(self, limit: int | None = None, offset: int = 0) -> list[Candidate]:
         """QUEUED jobs in queue order (priority, then submission); a page of them with `limit`."""
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
-        rows = self._read("SELECT id, priority, seq, cpus, gpus, team FROM jobs WHERE state = ? "
+        rows = self.read("SELECT id, priority, seq, cpus, gpus, team FROM jobs WHERE state = ? "
                           "ORDER BY priority DESC, seq ASC" + page, (JobState.QUEUED.value,))
         return [Candidate(r["id"], r["priority"], r["seq"], Resources(r["cpus"], r["gpus"]), r["team"]) for r in rows]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._read("SELECT * FROM events WHERE job = ? ORDER BY rowid", (job_id,))
+        rows = self.read("SELECT * FROM events WHERE job = ? ORDER BY rowid", (job_id,))
         return [dict(r) for r in rows]
 
     # ---------------------------------------------------------------------- private
 
     @contextlib.contextmanager
-    def _tx(self):
+    def transaction(self):
         """One write transaction; BEGIN IMMEDIATE takes SQLite's write lock up front, so
         writers in other processes queue instead of failing halfway."""
         with self._lock:
@@ -225,7 +237,7 @@ class SQLiteJobStore:
                 raise
             self._db.execute("COMMIT")
 
-    def _read(self, query: str, args=()) -> list[sqlite3.Row]:
+    def read(self, query: str, args=()) -> list[sqlite3.Row]:
         with self._lock:  # one connection shared by threads: never read inside another's transaction
             return self._db.execute(query, args).fetchall()
 

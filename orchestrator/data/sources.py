@@ -9,7 +9,10 @@ its problem, so the caller decides between stopping and skipping.
 from __future__ import annotations
 
 import csv
+import glob as globmod
+import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from orchestrator.data.demo import ensure_demo_file
 from orchestrator.data.errors import DataError
 from orchestrator.digest import sha256_file
-from orchestrator.spec.paths import DATA_SUFFIXES, locate_data
+from orchestrator.spec.paths import DATA_SUFFIXES, is_glob, locate_data
 
 if TYPE_CHECKING:
     from orchestrator.spec.models import DataSourceSpec
@@ -49,7 +52,10 @@ class OpenedSource:
 
 
 def open_source(source: DataSourceSpec) -> OpenedSource:
-    """Resolve `source.path` (local file, `builtin:demo/...` or hub id) into readable rows."""
+    """Resolve `source.path` (local file, glob of local files, `builtin:demo/...` or hub id)
+    into readable rows."""
+    if source.files is not None or is_glob(source.path):
+        return _open_files(source.path, snapshot_files(source))
     location = locate_data(source.path)
     if location.kind == "hub":
         return _open_hub(source.path, source.split)
@@ -57,6 +63,37 @@ def open_source(source: DataSourceSpec) -> OpenedSource:
     if location.kind == "demo":
         path = ensure_demo_file(path)
     return _open_file(source.path, path)
+
+
+def snapshot_files(source: DataSourceSpec) -> list[str]:
+    """The files `source` reads: its fixed `files`, else what its glob matches now (name order)."""
+    if source.files is not None:
+        if not source.files:
+            raise DataError(f"{source.path}: the list of files is empty; nothing to read")
+        return list(source.files)
+    pattern = os.path.expanduser(source.path)
+    matches = sorted(m for m in globmod.glob(pattern, recursive=True) if Path(m).is_file())
+    if not matches:
+        raise DataError(f"no data file matches {source.path} (looked from {Path.cwd()}); add data or fix the "
+                        "glob in the job file")
+    suffixes = sorted({Path(m).suffix.lower() for m in matches})
+    if len(suffixes) > 1:
+        raise DataError(f"{source.path} matches files of several formats ({', '.join(suffixes)}); narrow the glob "
+                        "to one format")
+    return [str(Path(m).resolve()) for m in matches]
+
+
+def _open_files(name: str, files: list[str]) -> OpenedSource:
+    """Several files read one after the other; row numbers follow each file, named in messages."""
+    opened = [_open_file(f, Path(f)) for f in files]
+    content = hashlib.sha256("\n".join(f"{o.name}:{o.content_id}" for o in opened).encode()).hexdigest()
+
+    def rows() -> Iterator[SourceRow]:
+        for part in opened:
+            yield from part.read_rows()
+
+    return OpenedSource(name=f"{name} ({len(files)} file{'s' if len(files) != 1 else ''})",
+                        content_id=f"files:{content}", read_rows=rows)
 
 
 def _open_file(name: str, path: Path) -> OpenedSource:

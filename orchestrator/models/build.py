@@ -135,10 +135,46 @@ def apply_method(model, method: MethodSpec):
             target_modules=lora.target_modules, use_dora=lora.use_dora, use_rslora=lora.use_rslora,
             bias=lora.bias, task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+        if lora.init_adapter:
+            warm_start(model, lora)
+        return model
     if kind == "freeze":
         return freeze_early_layers(model, method.freeze.trainable_layers, method.freeze.train_embeddings)
     raise ModelError(f"method.kind={kind} is not available in this version of ftctl")
+
+
+def warm_start(model, lora) -> None:
+    """Load a trained adapter's weights into the fresh adapter built from `lora`; every
+    adapter weight must be found, with its shape, and rank and alpha must agree."""
+    import json
+    from pathlib import Path
+
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    path = Path(lora.init_adapter).expanduser()
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelError(f"method.lora.init_adapter {path}: no adapter_config.json there; point it at a PEFT "
+                         "adapter dir (a run's adapter/)")
+    saved = json.loads(config_file.read_text())
+    for key, want in (("r", lora.r), ("lora_alpha", lora.alpha), ("use_dora", lora.use_dora),
+                      ("use_rslora", lora.use_rslora)):
+        if saved.get(key, False if key.startswith("use_") else None) != want:
+            raise ModelError(f"method.lora.init_adapter {path} has {key}={saved.get(key)} but this job sets "
+                             f"{want}; use the adapter's settings to continue training it")
+    try:
+        weights = load_peft_weights(str(path), device="cpu")
+        result = set_peft_model_state_dict(model, weights)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ModelError(f"method.lora.init_adapter {path} does not fit this model: "
+                         f"{str(err).strip().splitlines()[0][:300]}") from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ModelError(f"method.lora.init_adapter {path} adapts other modules than this job "
+                         f"(unexpected {list(result.unexpected_keys)[:3]}, missing {missing[:3]}); "
+                         "set method.lora.target_modules to the adapter's")
 
 
 def bnb_config(method: MethodSpec):

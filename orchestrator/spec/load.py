@@ -332,10 +332,24 @@ def file_problems(spec: JobSpec) -> list[Problem]:
     sources += [(f"forgetting.tasks.{i}.path", t.path) for i, t in enumerate(spec.forgetting.tasks)]
     for where, value in sources:
         problems += _data_file_problems(where, value)
+    for i, file in enumerate(spec.data.train.files or []):
+        if not Path(file).is_file():
+            problems.append(Problem(f"data.train.files.{i}", f"data file '{file}' no longer exists",
+                                    "the refresh's data changed after it fired; run the refresh again"))
+    lora = spec.method.lora
+    if lora is not None and lora.init_adapter and not (Path(lora.init_adapter).expanduser()
+                                                       / "adapter_config.json").is_file():
+        problems.append(Problem("method.lora.init_adapter", f"'{lora.init_adapter}' is not a PEFT adapter dir "
+                                "(no adapter_config.json)", "point it at a run's adapter/ dir"))
     return problems
 
 
 def _data_file_problems(where: str, value: str) -> list[Problem]:
+    if paths.is_glob(value):  # files may arrive after validation; what the glob finds is checked when read
+        if not value.lower().endswith(paths.DATA_SUFFIXES):
+            return [Problem(where, f"the glob '{value}' does not end in a data file suffix",
+                            f"end it with one of {', '.join(paths.DATA_SUFFIXES)}, e.g. data/*.jsonl")]
+        return []
     loc = paths.locate_data(value)
     if loc.kind == "hub":
         return []

@@ -69,6 +69,11 @@ class LoraSpec(Strict):
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases are trained alongside the adapter."""
 
+    init_adapter: str | None = None
+    """Start from the weights of this trained adapter (a PEFT adapter dir) instead of fresh
+    ones: a refresh continues from the promoted version. Its rank, alpha and target modules
+    must be the ones this section sets."""
+
 
 class QuantizationSpec(Strict):
     quant_type: Literal["nf4", "fp4"] = "nf4"
@@ -157,7 +162,12 @@ class ColumnsSpec(Strict):
 class DataSourceSpec(Strict):
     path: str
     """A local .jsonl/.json/.parquet/.csv file (relative paths are taken from the current
-    directory), `builtin:demo/<file>` for the generated demo data, or a hub dataset id."""
+    directory), a glob of local files of one format (`data/nightly/*.jsonl`: every match, in
+    name order), `builtin:demo/<file>` for the generated demo data, or a hub dataset id."""
+
+    files: list[str] | None = None
+    """The exact files a glob `path` stood for, fixed when a scheduled refresh fired: files
+    that arrive later are not read. Set by ftctl; leave it out in job files."""
 
     format: DataFormat = "instruction"
     """text: continued pre-training on raw text; instruction: prompt + response, loss on the
@@ -385,6 +395,33 @@ class MergeSpec(Strict):
     shard in memory."""
 
 
+# ----------------------------------------------------------------------- promotion
+
+
+class PromotionSpec(Strict):
+    adapter: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    """Name the trained adapter is registered under in the adapter registry (lora and qlora
+    jobs register a version when they succeed); default: the job name."""
+
+    auto: bool = False
+    """Promote the new version when every gate passes. Scheduled refreshes always do; other
+    jobs register and wait for `ftctl adapters promote`."""
+
+    parent: int | None = Field(None, ge=1)
+    """The version this job refines (a refresh warm-starts from it, see
+    method.lora.init_adapter). Set by ftctl for scheduled refreshes."""
+
+    min_target_gain: float = Field(0.0, ge=0)
+    """Gate: the target task (data.eval loss) must improve on the previous promoted version
+    (on the base model for a first version) by more than this."""
+
+    max_drop_vs_previous: float | None = Field(None, ge=0)
+    """Gate: the largest drop of any source task versus the previous promoted version, in
+    the metric's units. Default: each task's own gate versus the base model (its max_drop).
+    Gates versus the original base model (forgetting.max_drop) always apply too, so drift
+    cannot accumulate over a chain of refreshes."""
+
+
 # ------------------------------------------------------------------------ tracking
 
 
@@ -435,6 +472,9 @@ class JobSpec(Strict):
 
     merge: MergeSpec = Field(default_factory=MergeSpec)
     """Adapter merging."""
+
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    """Adapter registry name and the gates that promote a new version."""
 
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """Experiment trackers."""

@@ -41,6 +41,11 @@ def locate_model(path: str) -> Location:
     return Location("hub", path)
 
 
+def is_glob(path: str) -> bool:
+    """A data path naming several local files by a pattern (`data/nightly/*.jsonl`)."""
+    return not path.startswith("builtin:") and any(c in path for c in "*?[")
+
+
 def locate_data(path: str) -> Location:
     if path.startswith(DEMO_PREFIX):
         return Location("demo", str(demo_data_dir() / path[len(DEMO_PREFIX):]))

@@ -63,8 +63,11 @@ def default_run_dir(spec: JobSpec) -> Path:
 
 
 def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = None,
-            console: Console | None = None, force_resume: bool = False) -> int:
-    """Run one job in the foreground; returns the process exit code."""
+            console: Console | None = None, force_resume: bool = False, job_id: str | None = None,
+            store: str | None = None) -> int:
+    """Run one job in the foreground; returns the process exit code. `job_id` and `store`:
+    the controller's id of the job and its JobStore file, where the adapter registry is
+    (default: $FTCTL_HOME/controller/jobs.db)."""
     from orchestrator.training.loop import PREEMPT_FILE
 
     console = console or Console()
@@ -78,6 +81,7 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
     preemption = _Preemption(run_dir / PREEMPT_FILE, spec.checkpoint.sigterm_grace_s, console)
     try:
         config = prepare_job(spec, run_dir, console)
+        config.update(job_id=job_id, store=store)
         config["resume_from"] = choose_resume(spec, run_dir, config, console, force_resume)
         result = train_on_ray(spec, config, run_dir, address, console, preemption)
     except JobFailed as err:
@@ -499,6 +503,10 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
         **({"error": merge["error"]} if merge and merge.get("error") else {}),
         "artifacts": artifacts,
     }
+    if status == "succeeded" and "adapter" in artifacts:
+        summary["promotion"] = register_adapter(spec, run_dir, summary, config, console)
+        if summary["promotion"].get("error"):
+            summary.update(status="failed", error=summary["promotion"]["error"])
     _write_summary(run_dir, spec, summary, started)
     loss = summary["final_loss"]
     console.print(f"[green]✓[/green] {spec.name}: {summary['steps']} steps on {summary['world_size']} worker(s), "
@@ -525,6 +533,34 @@ def finish_job(spec: JobSpec, run_dir: Path, result: dict[str, Any], started: fl
                           f"every gate, so there is nothing to roll back to and no artifact was written")
     console.print(f"  run dir: {run_dir}")
     return summary
+
+
+def register_adapter(spec: JobSpec, run_dir: Path, summary: dict[str, Any], config: dict[str, Any],
+                     console: Console) -> dict[str, Any]:
+    """Register the adapter as a new version in the registry; with promotion.auto, gate and
+    maybe promote it. A registry that cannot be written fails the job (the adapter stays)."""
+    import sqlite3
+
+    from orchestrator.models.build import ModelError
+    from orchestrator.refresh.promote import open_registry, register_and_judge
+    from orchestrator.refresh.registry import RegistryError
+
+    try:
+        block = register_and_judge(spec, run_dir, summary, config.get("job_id"), open_registry(config.get("store")),
+                                   progress=lambda m: console.print(f"  {m}"))
+    except (RegistryError, sqlite3.Error, ModelError, OSError, ValueError, RuntimeError) as err:
+        console.print(f"[red]✗ registering the adapter failed:[/red] {err}")
+        return {"error": f"registering the adapter failed: {err}"}
+    assert block is not None  # a succeeded lora/qlora job with an adapter always registers
+    line = f"  adapter {block['adapter']} v{block['version']}"
+    if block["verdict"] == "promoted":
+        console.print(f"{line}: [green]promoted[/green] ({block['reason']})")
+    elif block["verdict"] == "rejected":
+        console.print(f"{line}: [red]not promoted[/red]: {block['reason']}")
+    else:
+        console.print(f"{line}: registered (promote it with `ftctl adapters promote {block['adapter']} "
+                      f"{block['version']}`)")
+    return block
 
 
 def merge_after_training(spec: JobSpec, run_dir: Path, config: dict[str, Any], console: Console) -> dict[str, Any]:

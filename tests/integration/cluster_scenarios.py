@@ -106,6 +106,7 @@ def ray_restart(out: Path) -> dict:
     cluster.shutdown()  # GCS, raylet, the controller and the job's workers all go
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
              90, "the orphaned runner to exit")
+    gone_at = time.time()
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
     ray.init(address=cluster.address, namespace="ftctl", log_to_driver=False)
@@ -122,7 +123,8 @@ def ray_restart(out: Path) -> dict:
             for j, f in finals.items()},
         "running_id": running["id"], "waiting_id": waiting["id"], "attempts": attempts, "leaks": leaks,
         "credentials_line": "credentials available to this job: HF_TOKEN" in log,
-        "exit_files": sorted(p.name for p in (run_dir / "controller").glob("exit-*.json")),
+        "exit_files": {p.name: json.loads(p.read_text()) for p in (run_dir / "controller").glob("exit-*.json")},
+        "runner_gone_at": gone_at,
     }
     from orchestrator.api import stop_controller
 

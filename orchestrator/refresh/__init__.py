@@ -1,0 +1,1 @@
+"""Scheduled adapter refreshes: cron schedules, the adapter registry and promotion gates."""

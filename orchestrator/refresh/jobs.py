@@ -1,0 +1,75 @@
+"""The job a refresh runs: the schedule's job, warm-started from the promoted version, on
+the data visible when it fired.
+
+`refresh_spec` is what a firing (or `ftctl refresh`) queues:
+- name and registry name: the schedule's;
+- method.lora.init_adapter: the promoted version's adapter (none yet: fresh weights);
+- promotion.parent / promotion.auto: that version, and gated promotion;
+- data.train.files: what data.train.path's glob matches now, so rows that land after the
+  firing wait for the next refresh and the version's data is exactly known.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.spec.paths import is_glob, locate_data, locate_model
+
+
+def refresh_spec(spec: dict[str, Any], name: str, head) -> dict[str, Any]:
+    """The resolved job (as a dict) for one refresh of `name`; `head` is its promoted Version or None."""
+    from orchestrator.data.sources import snapshot_files
+    from orchestrator.spec import resolve_spec
+    from orchestrator.spec.models import DataSourceSpec
+
+    out = copy.deepcopy(spec)
+    out["name"] = name
+    out["promotion"] = {**(out.get("promotion") or {}), "adapter": name, "auto": True,
+                        "parent": head.version if head is not None else None}
+    lora = out.setdefault("method", {}).get("lora") or {}
+    lora["init_adapter"] = head.adapter if head is not None else None
+    out["method"]["lora"] = lora
+    train = out["data"]["train"]
+    train["files"] = snapshot_files(DataSourceSpec(**train)) if is_glob(train["path"]) else None
+    return resolve_spec(out).model_dump(mode="json")
+
+
+def check_refreshable(spec) -> list[str]:
+    """Why a job cannot be refreshed on a schedule (empty when it can)."""
+    problems = []
+    if spec.method.kind not in ("lora", "qlora"):
+        problems.append(f"method.kind is {spec.method.kind}; refreshes train and promote adapters (lora or qlora)")
+    if spec.data.eval is None:
+        problems.append("data.eval is not set; the target gate compares each version's eval loss with the previous one")
+    from orchestrator.forgetting.gates import gates_of
+
+    if not gates_of(spec.forgetting):
+        problems.append("no forgetting gate is set; give forgetting.tasks and forgetting.max_drop (or a task's "
+                        "max_drop) so a refresh that breaks a source task is not promoted")
+    return problems
+
+
+def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
+    """Local paths made absolute from `cwd`, so a stored job means the same files wherever
+    and whenever it runs (the controller does not run in the submitter's directory)."""
+    out = copy.deepcopy(spec)
+
+    def data(source: dict[str, Any] | None) -> None:
+        if source and locate_data(source["path"]).kind == "local" and not os.path.isabs(
+                os.path.expanduser(source["path"])):
+            source["path"] = str(cwd / source["path"])
+
+    data(out["data"]["train"])
+    data(out["data"].get("eval"))
+    for source in (out["data"].get("replay") or {}).get("sources", []):
+        data(source)
+    for task in (out.get("forgetting") or {}).get("tasks", []):
+        data(task)
+    model = out.get("model") or {}
+    if model.get("path") and locate_model(model["path"]).kind == "local" and not os.path.isabs(
+            os.path.expanduser(model["path"])):
+        model["path"] = str(cwd / model["path"])
+    return out
