@@ -663,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
 
     sub.add_parser("build-base", help=cmd_build_base.__doc__, description=cmd_build_base.__doc__)
+    from orchestrator.refresh.commands import add_parsers
+
+    COMMANDS.update(add_parsers(sub))
     return parser
 
 

@@ -39,6 +39,7 @@ class K8sOptions:
     memory_per_worker: str = "32Gi"
     pvc: str = "ftctl-runs"
     cron: str | None = None
+    refresh: str | None = None            # an adapter name: run `ftctl refresh NAME` (gated promotion) instead
     secrets: tuple[SecretRef, ...] = field(default_factory=lambda: (SecretRef("HF_TOKEN", "hf-token", "token"),))
     ttl_seconds_after_finished: int = 3600
     backoff_limit: int = 2                # RayJob retries (each resumes from the PVC's checkpoints)
@@ -81,9 +82,10 @@ def rayjob_spec(spec: JobSpec, options: K8sOptions) -> dict[str, Any]:
     stamp = "-$(date -u +%Y%m%dT%H%M%SZ)" if options.cron else ""
     run_dir = f"{RUNS_MOUNT}/runs/{spec.name}{stamp}"
     # The job file's worker count follows the worker group; resume=auto continues from the PVC.
-    entrypoint = (f"ftctl run {CONFIG_MOUNT}/job.yaml resources.workers={workers} "
-                  f"resources.gpus_per_worker={gpus:g} resources.cpus_per_worker={cpus:g} "
-                  f"checkpoint.resume=auto --run-dir {run_dir} --address auto")
+    sizing = (f"resources.workers={workers} resources.gpus_per_worker={gpus:g} resources.cpus_per_worker={cpus:g} "
+              f"checkpoint.resume=auto --run-dir {run_dir} --address auto")
+    entrypoint = (f"ftctl refresh {options.refresh} --job {CONFIG_MOUNT}/job.yaml {sizing}" if options.refresh
+                  else f"ftctl run {CONFIG_MOUNT}/job.yaml {sizing}")
     return {
         "entrypoint": entrypoint,
         "shutdownAfterJobFinishes": True,

@@ -63,6 +63,32 @@ def render_sbatch(spec: JobSpec, job_file: Path, overrides: list[str], run_dir: 
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
 
 
+def render_scrontab(name: str, cron: str, job_file: Path, overrides: list[str], spec: JobSpec,
+                    ftctl_home: Path | None = None, cpus: int | None = None, time_limit: str | None = None,
+                    log_dir: Path | None = None) -> str:
+    """A `scrontab` entry that runs `ftctl refresh NAME` on one node at every cron slot.
+    Slurm runs each slot as a batch job; FTCTL_HOME (the registry) must be on storage the
+    nodes share."""
+    from orchestrator.spec.paths import ftctl_home as default_home
+
+    r = spec.resources
+    home = Path(ftctl_home or default_home()).resolve()
+    logs = Path(log_dir or home / "refresh-logs").resolve()
+    need = cpus or max(1, math.ceil(r.workers * r.cpus_per_worker))
+    options = [f"--job-name=ftctl-refresh-{name}", f"--cpus-per-task={need}", f"--output={logs}/{name}-%j.log"]
+    if r.gpus_per_worker:
+        options.append(f"--gpus={math.ceil(r.workers * r.gpus_per_worker)}")
+    if time_limit:
+        options.append(f"--time={time_limit}")
+    command = " ".join(["ftctl", "refresh", shlex.quote(name), "--job", shlex.quote(str(Path(job_file).resolve())),
+                        *(shlex.quote(o) for o in overrides)])
+    lines = [f"# ftctl: refresh adapter {name} at '{cron}'; install with `scrontab FILE` (keeps no other entries: "
+             "merge with `scrontab -l` first)"]
+    lines += [f"#SCRON {o}" for o in options]
+    lines.append(f"{cron} mkdir -p {shlex.quote(str(logs))} && FTCTL_HOME={shlex.quote(str(home))} {command}")
+    return "\n".join(lines)
+
+
 def submit_sbatch(script: str, run_dir: Path) -> str:
     """Write the script into the run dir and sbatch it; the Slurm job ID."""
     (run_dir / "slurm").mkdir(parents=True, exist_ok=True)

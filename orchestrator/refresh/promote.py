@@ -48,11 +48,11 @@ def register_and_judge(spec: JobSpec, run_dir: Path, summary: dict[str, Any], jo
         results = promotion_gates(measured["candidate"], measured["base"], measured.get("previous"),
                                   _gates(spec), spec.promotion.min_target_gain, spec.promotion.max_drop_vs_previous)
         promote, reason = verdict(results)
+        values = {k: {"target": v.target, "tasks": v.tasks} for k, v in measured.items()}
         judged = registry.judge(name, version.version, promote, reason, [r.as_dict() for r in results],
-                                expected_head=previous.version if previous else None)
+                                expected_head=previous.version if previous else None, measured=values)
         out.update(verdict=judged.verdict, reason=judged.reason, previous=previous.version if previous else None,
-                   gates=[r.as_dict() for r in results],
-                   measured={k: {"target": v.target, "tasks": v.tasks} for k, v in measured.items()})
+                   gates=[r.as_dict() for r in results], measured=values)
     _write(run_dir / "promotion.json", out)
     return out
 

@@ -97,7 +97,7 @@ class Registry:
         return self.get(name, version)
 
     def judge(self, name: str, version: int, promote: bool, reason: str, gates: list[dict[str, Any]],
-              expected_head: int | None) -> Version:
+              expected_head: int | None, measured: dict[str, Any] | None = None) -> Version:
         """Record the gates' verdict; with `promote`, move the head to `version`, but only if
         the head is still `expected_head` (else the version is rejected, saying who moved it)."""
         now = time.time()
@@ -109,7 +109,8 @@ class Registry:
                           f"this version was made; promote it by hand if it should still replace {_v(head)}")
             row = db.execute("SELECT record FROM adapter_versions WHERE name = ? AND version = ?",
                              (name, version)).fetchone()
-            record = json.loads(row["record"]) | {"gates": gates}
+            record = json.loads(row["record"]) | {"gates": gates, "measured": measured or {},
+                                                  "judged_against": expected_head}
             db.execute("UPDATE adapter_versions SET verdict = ?, reason = ?, record = ? WHERE name = ? AND version = ?",
                        ("promoted" if promote else "rejected", reason, json.dumps(record), name, version))
             if promote:
