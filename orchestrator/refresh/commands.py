@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 

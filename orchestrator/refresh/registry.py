@@ -109,6 +109,8 @@ class Registry:
                           f"this version was made; promote it by hand if it should still replace {_v(head)}")
             row = db.execute("SELECT record FROM adapter_versions WHERE name = ? AND version = ?",
                              (name, version)).fetchone()
+            if row is None:
+                raise RegistryError(f"adapter {name} has no version {version} to judge")
             record = json.loads(row["record"]) | {"gates": gates, "measured": measured or {},
                                                   "judged_against": expected_head}
             db.execute("UPDATE adapter_versions SET verdict = ?, reason = ?, record = ? WHERE name = ? AND version = ?",

@@ -41,9 +41,9 @@ CREATE TABLE IF NOT EXISTS firings (
     job_id TEXT,
     parent INTEGER,
     missed INTEGER NOT NULL DEFAULT 0,
-    note TEXT NOT NULL DEFAULT '',
-    UNIQUE (schedule, slot, kind)
+    note TEXT NOT NULL DEFAULT ''
 );
+CREATE UNIQUE INDEX IF NOT EXISTS firings_once ON firings(schedule, slot) WHERE kind != 'manual';
 """
 
 MISSED_POLICIES = ("catch-up", "skip")
@@ -129,8 +129,9 @@ class ScheduleStore:
 
     def remove(self, name: str) -> None:
         with self.store.transaction() as db:
-            if db.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount != 1:
-                raise ScheduleError(self._unknown(name))
+            deleted = db.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount
+        if deleted != 1:
+            raise ScheduleError(self._unknown(name))
 
     def set_paused(self, name: str, paused: bool, now: float | None = None) -> Schedule:
         """Pause or resume. Slots that pass while paused are not missed: resuming starts from now."""
@@ -138,8 +139,9 @@ class ScheduleStore:
         with self.store.transaction() as db:
             sets = "paused = ?" + ("" if paused else ", last_slot = MAX(last_slot, ?)")
             args = [int(paused)] + ([] if paused else [now])
-            if db.execute(f"UPDATE schedules SET {sets} WHERE name = ?", [*args, name]).rowcount != 1:
-                raise ScheduleError(self._unknown(name))
+            updated = db.execute(f"UPDATE schedules SET {sets} WHERE name = ?", [*args, name]).rowcount
+        if updated != 1:
+            raise ScheduleError(self._unknown(name))
         return self.get(name)
 
     def get(self, name: str) -> Schedule:

@@ -186,3 +186,37 @@ def test_three_refreshes_promote_twice_then_refuse_the_one_that_breaks_a_source_
     assert diff["data_files"] == {"only_a": [], "only_b": [files[2]]} and diff["base_same"]
     assert diff["spec"]["method.lora.init_adapter"] == [v1.adapter, v2.adapter]
     assert diff["weights"]["relative_change"] > 0
+
+
+def test_schedules_through_the_controller_actor(local_ray, tmp_path, monkeypatch):
+    """The SDK / CLI path: add, list, show, pause, resume, run-now, remove, over Ray. The
+    runner's no-op seam stands in for training (the three cycles above train for real)."""
+    from orchestrator.api import Client, stop_controller
+
+    (tmp_path / "data" / "nightly").mkdir(parents=True)
+    write_rows(tmp_path / "data" / "nightly" / "a.jsonl", [{"prompt": "shift ab=", "response": "bc"}])
+    monkeypatch.chdir(tmp_path)  # the job's relative glob is taken from here, when the schedule is added
+    stop_controller()
+    try:
+        client = Client(home=tmp_path / "home", noop_seconds=0.2)
+        added = client.schedule_add("nightly", "0 3 1 1 *", JOB, ["training.max_steps=5"], missed="skip")
+        assert added["next_slot"] > added["created_at"] and added["missed"] == "skip"
+        with pytest.raises(Exception, match="exists"):
+            client.schedule_add("nightly", "0 3 * * *", JOB)
+        with pytest.raises(ValueError, match="no forgetting gate"):
+            client.schedule_add("other", "0 3 * * *", REPO / "configs" / "quickstart.yaml")
+        assert [s["name"] for s in client.schedules()] == ["nightly"]
+        assert client.schedule_pause("nightly")["paused"] and client.schedule("nightly")["next_slot"] is None
+        assert not client.schedule_pause("nightly", False)["paused"]
+        job_id = client.schedule_run_now("nightly")
+        final = client.wait(job_id, timeout=60)
+        assert final["state"] == "SUCCEEDED" and final["name"] == "nightly"
+        spec = client.status(job_id)
+        (firing,) = client.schedule("nightly")["firings"]
+        assert firing["kind"] == "manual" and firing["job_id"] == job_id and "first version" in firing["note"]
+        assert main(["schedule", "show", "nightly"]) == 0 and main(["schedule", "list"]) == 0
+        assert main(["schedule", "remove", "nightly"]) == 0
+        assert client.schedules() == [] and main(["schedule", "remove", "nightly"]) == 2
+        assert spec["id"] == job_id
+    finally:
+        stop_controller()

@@ -245,7 +245,7 @@ def test_two_concurrent_controllers_fire_each_slot_once(store, db_path, clock, r
         errors: list[BaseException] = []
         for slot in (SLOT1, SLOT2, SLOT3):
             clock.t = slot + 1
-            barrier = threading.Barrier(len(ctls))
+            barrier = threading.Barrier(len(ctls), timeout=10)
 
             def loop(c):
                 try:
@@ -255,7 +255,7 @@ def test_two_concurrent_controllers_fire_each_slot_once(store, db_path, clock, r
                 except BaseException as err:  # noqa: BLE001 - reported below
                     errors.append(err)
 
-            threads = [threading.Thread(target=loop, args=(c,)) for c in ctls]
+            threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in ctls]
             for t in threads:
                 t.start()
             for t in threads:
@@ -441,8 +441,40 @@ def test_store_add_remove_and_validation(store, spec):
         schedules.add("other", CRON, spec, missed="all", now=CREATED)
     with pytest.raises(ValueError):
         schedules.add("other", "61 * * * *", spec, now=CREATED)
+    with pytest.raises(ScheduleError, match="no schedule named 'ghost'; known: nightly"):
+        schedules.get("ghost")
     assert [x.name for x in schedules.list()] == ["nightly"]
     schedules.remove("nightly")
     assert schedules.list() == []
-    with pytest.raises(ScheduleError, match="no schedule named 'nightly'"):
-        schedules.remove("nightly")
+
+
+def _finishes(call, timeout_s: float = 0.5):
+    """Run `call` in a daemon thread; (finished, the exception it raised)."""
+    raised: list[BaseException] = []
+
+    def target():
+        try:
+            call()
+        except BaseException as err:  # noqa: BLE001 - returned to the test
+            raised.append(err)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return not thread.is_alive(), (raised[0] if raised else None)
+
+
+@pytest.mark.parametrize("action", ["remove", "pause"])
+def test_an_unknown_schedule_is_an_error_not_a_hang(tmp_path, spec, action):
+    """remove/set_paused of a missing name must raise ScheduleError. They build the message
+    with store.read() while still inside store.transaction(), which holds the store's
+    (non-reentrant) lock: the call deadlocks instead."""
+    own = SQLiteJobStore(tmp_path / "own.sqlite")  # not closed: a deadlocked thread may hold its lock
+    schedules = ScheduleStore(own)
+    schedules.add("nightly", CRON, spec, now=CREATED)
+    call = {"remove": lambda: schedules.remove("ghost"),
+            "pause": lambda: schedules.set_paused("ghost", True, now=CREATED)}[action]
+    finished, err = _finishes(call)
+    assert finished, f"ScheduleStore {action} of an unknown schedule deadlocked (store lock taken twice)"
+    assert isinstance(err, ScheduleError)
+    assert "no schedule named 'ghost'; known: nightly" in str(err)
