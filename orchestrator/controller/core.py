@@ -64,6 +64,7 @@ class Controller:
         self.schedules = ScheduleStore(store)
         self.registry = Registry(store)
         self.clock = clock
+        self._next_slots: dict[tuple[str, str, float], float] = {}
         self.launcher = launcher
         self.capacity = capacity
         self.run_root = Path(run_root).resolve()
@@ -142,14 +143,27 @@ class Controller:
         """Fire every schedule whose slot has come (see refresh.schedules.due); the job ids queued."""
         from orchestrator.refresh.schedules import due
 
+        from orchestrator.refresh.cron import parse_cron
+        from orchestrator.refresh.schedules import ScheduleError
+
         fired = []
-        for schedule in self.schedules.list():
-            if schedule.paused:
+        now = self.clock()
+        for name, cron, paused, last_slot in self.schedules.clocks():
+            # The next slot after the last one handled is fixed until a firing moves it:
+            # remembered, so a tick over many schedules costs one comparison each.
+            key = (name, cron, last_slot)
+            if key not in self._next_slots:
+                self._next_slots[key] = parse_cron(cron).next_after(last_slot)
+            if paused or now < self._next_slots[key]:
                 continue
-            now = self.clock()
+            try:
+                schedule = self.schedules.get(name)
+            except ScheduleError:
+                continue  # removed meanwhile
             decision = due(schedule.cron, schedule.last_slot, now, schedule.missed)
             if decision.newest is None:
                 continue
+            self._next_slots.pop(key, None)
             job_id = self.schedules.fire(schedule, decision, now, lambda db, s=schedule: self._refresh_job(db, s))
             if job_id:
                 fired.append(job_id)

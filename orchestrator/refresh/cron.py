@@ -19,7 +19,7 @@ import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 # How far next_after / previous_at_or_before look. 28 years covers the Gregorian weekday cycle, so any
 # day/weekday combination that can occur at all occurs within it (Feb 29 alone can be 8 years apart).
@@ -225,6 +225,7 @@ def _field(expr: str, field: _Field, text: str) -> frozenset[int]:
     return frozenset(values)
 
 
+@lru_cache(maxsize=4096)  # a controller asks for the same few expressions every tick
 def parse_cron(expr: str) -> Cron:
     """Parse a 5-field cron expression or @nickname; raise CronError naming the bad field."""
     expr = expr.strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def register_and_judge(spec: JobSpec, run_dir: Path, summary: dict[str, Any], jo
         previous = head if head is not None and head.version != version.version else None
         progress(f"measuring {name} v{version.version} against the base model"
                  + (f" and v{previous.version}" if previous else ""))
+        started = time.perf_counter()
         measured = measure(spec, {"base": None, "candidate": Path(adapter),
                                   **({"previous": Path(previous.adapter)} if previous else {})})
         results = promotion_gates(measured["candidate"], measured["base"], measured.get("previous"),
@@ -52,7 +54,8 @@ def register_and_judge(spec: JobSpec, run_dir: Path, summary: dict[str, Any], jo
         judged = registry.judge(name, version.version, promote, reason, [r.as_dict() for r in results],
                                 expected_head=previous.version if previous else None, measured=values)
         out.update(verdict=judged.verdict, reason=judged.reason, previous=previous.version if previous else None,
-                   gates=[r.as_dict() for r in results], measured=values)
+                   gates=[r.as_dict() for r in results], measured=values,
+                   measure_seconds=round(time.perf_counter() - started, 3))
     _write(run_dir / "promotion.json", out)
     return out
 

@@ -150,6 +150,11 @@ class ScheduleStore:
             raise ScheduleError(self._unknown(name))
         return _schedule(rows[0])
 
+    def clocks(self) -> list[tuple[str, str, bool, float]]:
+        """(name, cron, paused, last_slot) of every schedule: what deciding "is one due?" needs."""
+        return [(r["name"], r["cron"], bool(r["paused"]), r["last_slot"])
+                for r in self.store.read("SELECT name, cron, paused, last_slot FROM schedules ORDER BY name")]
+
     def list(self) -> list[Schedule]:
         return [_schedule(r) for r in self.store.read("SELECT * FROM schedules ORDER BY name")]
 
