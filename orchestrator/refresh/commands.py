@@ -85,6 +85,7 @@ def history(registry, name: str) -> list[dict[str, Any]]:
         rows.append({
             "version": v.version, "parent": v.parent, "current": head is not None and head.version == v.version,
             "verdict": v.verdict, "reason": v.reason, "created_at": v.created_at, "job_id": v.job_id,
+            "failed_gates": [g["gate"] for g in v.record.get("gates") or [] if not g["passed"]],
             "data_files": len(v.record["data"].get("files") or []) or None,
             "target": candidate.get("target"), "base_target": base.get("target"),
             "tasks": tasks, "base_tasks": base.get("tasks") or {},
@@ -111,14 +112,15 @@ def cmd_adapters_show(name: str, home: Path | None, as_json: bool, plot: Path | 
             return
         tasks = sorted({t for r in rows for t in r["tasks"]})
         table = Table(title=f"adapter {name}")
-        for column in ("version", "parent", "verdict", "eval loss", *[f"{t} (drift)" for t in tasks], "reason"):
+        for column in ("version", "parent", "verdict", "eval loss", *[f"{t} (drift)" for t in tasks], "failed gates"):
             table.add_column(column, overflow="fold")
         for r in rows:
             marker = " *" if r["current"] else ""
             cells = [f"{r['tasks'][t]:.3f} ({r['drift'][t]:+.3f})" if t in r["drift"] else
                      (f"{r['tasks'][t]:.3f}" if r["tasks"].get(t) is not None else "-") for t in tasks]
             table.add_row(f"v{r['version']}{marker}", f"v{r['parent']}" if r["parent"] else "-", r["verdict"],
-                          f"{r['target']:.4f}" if r["target"] is not None else "-", *cells, escape(r["reason"]))
+                          f"{r['target']:.4f}" if r["target"] is not None else "-", *cells,
+                          ", ".join(r["failed_gates"]) or ("-" if r["verdict"] == "registered" else "none"))
         first = next((r for r in rows if r["base_tasks"]), None)
         if first:
             console.print("base model: eval loss " + (f"{first['base_target']:.4f}" if first["base_target"] is not None

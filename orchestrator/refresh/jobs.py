@@ -38,18 +38,11 @@ def refresh_spec(spec: dict[str, Any], name: str, head) -> dict[str, Any]:
 
 
 def check_refreshable(spec) -> list[str]:
-    """Why a job cannot be refreshed on a schedule (empty when it can)."""
-    problems = []
-    if spec.method.kind not in ("lora", "qlora"):
-        problems.append(f"method.kind is {spec.method.kind}; refreshes train and promote adapters (lora or qlora)")
-    if spec.data.eval is None:
-        problems.append("data.eval is not set; the target gate compares each version's eval loss with the previous one")
-    from orchestrator.forgetting.gates import gates_of
+    """Why a job cannot be refreshed on a schedule (empty when it can): refreshes are gated."""
+    from orchestrator.spec.rules import promotion_has_gates
 
-    if not gates_of(spec.forgetting):
-        problems.append("no forgetting gate is set; give forgetting.tasks and forgetting.max_drop (or a task's "
-                        "max_drop) so a refresh that breaks a source task is not promoted")
-    return problems
+    gated = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"auto": True})})
+    return [f"{p.message} ({p.hint})" if p.hint else p.message for p in promotion_has_gates(gated)]
 
 
 def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:

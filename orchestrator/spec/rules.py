@@ -228,6 +228,24 @@ def checkpoint_storage_usable(spec: JobSpec) -> list[Problem]:
     return [Problem("checkpoint.storage", problem, "use s3://, gs:// or file:// with its package installed")] if problem else []
 
 
+def promotion_has_gates(spec: JobSpec) -> list[Problem]:
+    """Gated promotion needs an adapter, a target to improve and a source task to protect."""
+    p = spec.promotion
+    if not p.auto:
+        return []
+    problems = []
+    if spec.method.kind not in ("lora", "qlora"):
+        problems.append(Problem("promotion.auto", f"only adapters are registered and promoted; method.kind is "
+                                                  f"{spec.method.kind}", "use method.kind lora or qlora"))
+    if spec.data.eval is None:
+        problems.append(Problem("promotion.auto", "the target gate compares data.eval loss, and data.eval is not set",
+                                "add data.eval"))
+    if not any(t.max_drop is not None for t in spec.forgetting.tasks) and spec.forgetting.max_drop is None:
+        problems.append(Problem("promotion.auto", "no forgetting gate is set, so nothing protects the source tasks",
+                                "add forgetting.tasks and forgetting.max_drop (or a task's max_drop)"))
+    return problems
+
+
 RULES: tuple[Rule, ...] = (
     method_blocks_match_kind,
     head_needs_labels,
@@ -241,6 +259,7 @@ RULES: tuple[Rule, ...] = (
     checkpoint_best_measured,
     checkpoint_storage_usable,
     mitigation_fits_method,
+    promotion_has_gates,
 )
 
 

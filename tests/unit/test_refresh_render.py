@@ -60,7 +60,7 @@ def test_check_refreshable_names_each_missing_piece():
                          "data": {"train": {"path": "builtin:demo/target_train.jsonl"}}})
     problems = check_refreshable(spec)
     assert len(problems) == 3
-    assert "lora or qlora" in problems[0] and "data.eval" in problems[1] and "forgetting gate" in problems[2]
+    assert "method.kind is full" in problems[0] and "data.eval" in problems[1] and "forgetting gate" in problems[2]
     assert check_refreshable(load_spec(JOB, check_files=False)) == []
 
 
