@@ -37,7 +37,8 @@ def _guard(action: Callable[[], int | None]) -> int:
     try:
         result = action()
     except (RegistryError, ScheduleError, ValueError, KeyError) as err:
-        err_console.print(f"[red]✗[/red] {escape(str(err).strip(chr(39)))}", soft_wrap=True)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)  # KeyError quotes its str()
+        err_console.print(f"[red]✗[/red] {escape(str(message))}", soft_wrap=True)
         return EXIT_INVALID
     return EXIT_OK if result is None else result
 
@@ -447,31 +448,29 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     adapters = sub.add_parser("adapters", help="The adapter registry: versions, lineage, promotion.",
                               description="The adapter registry: versions, lineage, promotion.")
     acts = adapters.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = acts.add_parser("list", help=cmd_adapters_list.__doc__, description=cmd_adapters_list.__doc__)
-    p.add_argument("--json", action="store_true", dest="as_json")
-    p.add_argument("--home", type=Path, default=None, help=home_help)
-    p = acts.add_parser("show", help=cmd_adapters_show.__doc__, description=cmd_adapters_show.__doc__)
-    p.add_argument("name")
+
+    def registry_command(action: str, fn: Callable, json_flag: bool = False):
+        p = acts.add_parser(action, help=fn.__doc__, description=fn.__doc__)
+        if action != "list":
+            p.add_argument("name")
+        if json_flag:
+            p.add_argument("--json", action="store_true", dest="as_json")
+        p.add_argument("--home", type=Path, default=None, help=home_help)
+        return p
+
+    registry_command("list", cmd_adapters_list, json_flag=True)
+    p = registry_command("show", cmd_adapters_show, json_flag=True)
     p.add_argument("--plot", type=Path, default=None, help="also write the drift plot (PNG) here")
-    p.add_argument("--json", action="store_true", dest="as_json")
-    p.add_argument("--home", type=Path, default=None, help=home_help)
-    p = acts.add_parser("promote", help=cmd_adapters_promote.__doc__, description=cmd_adapters_promote.__doc__)
-    p.add_argument("name")
+    p = registry_command("promote", cmd_adapters_promote)
     p.add_argument("version", type=int)
     p.add_argument("--reason", default="", help="recorded in the history")
     p.add_argument("--force", action="store_true", help="promote a version its gates rejected")
-    p.add_argument("--home", type=Path, default=None, help=home_help)
-    p = acts.add_parser("rollback", help=cmd_adapters_rollback.__doc__, description=cmd_adapters_rollback.__doc__)
-    p.add_argument("name")
+    p = registry_command("rollback", cmd_adapters_rollback)
     p.add_argument("--to", type=int, default=None, help="the version to serve (default: the one promoted before)")
     p.add_argument("--reason", default="", help="recorded in the history")
-    p.add_argument("--home", type=Path, default=None, help=home_help)
-    p = acts.add_parser("diff", help=cmd_adapters_diff.__doc__, description=cmd_adapters_diff.__doc__)
-    p.add_argument("name")
+    p = registry_command("diff", cmd_adapters_diff, json_flag=True)
     p.add_argument("a", type=int)
     p.add_argument("b", type=int)
-    p.add_argument("--json", action="store_true", dest="as_json")
-    p.add_argument("--home", type=Path, default=None, help=home_help)
 
     schedule = sub.add_parser("schedule", help="Scheduled adapter refreshes (fired by the controller).",
                               description="Scheduled adapter refreshes (fired by the controller).")

@@ -17,3 +17,10 @@ def store(db_path):
     s = SQLiteJobStore(db_path)
     yield s
     s.close()
+
+
+@pytest.fixture
+def run_root(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    return root

@@ -93,13 +93,6 @@ class Capacity:
 
 
 @pytest.fixture
-def run_root(tmp_path):
-    root = tmp_path / "runs"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def launcher():
     return FakeLauncher()
 

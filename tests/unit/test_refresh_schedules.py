@@ -97,13 +97,6 @@ def clock():
 
 
 @pytest.fixture
-def run_root(tmp_path):
-    root = tmp_path / "runs"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
 def data_dir(tmp_path):
     d = tmp_path / "incoming"
     d.mkdir()
