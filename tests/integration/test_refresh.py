@@ -220,3 +220,39 @@ def test_schedules_through_the_controller_actor(local_ray, tmp_path, monkeypatch
         assert spec["id"] == job_id
     finally:
         stop_controller()
+
+
+def test_a_warm_start_loads_every_adapter_weight_and_refuses_one_that_does_not_fit(tmp_path):
+    import torch
+
+    from orchestrator.models.build import ModelError, build_model, resolve_model_dir
+    from orchestrator.spec import resolve_spec
+
+    def spec(**lora):
+        return resolve_spec({"name": "w", "data": {"train": {"path": "builtin:demo/target_train.jsonl"}},
+                             "method": {"kind": "lora", "lora": {"r": 4, "alpha": 8, **lora}}})
+
+    model_dir = resolve_model_dir(spec().model)
+    trained, _ = build_model(spec(), model_dir, on_gpu=False)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_" in name:
+                p.normal_()  # lora_B starts at zero: make every factor non-trivial
+    trained.save_pretrained(str(tmp_path / "v1"))
+    warm, _ = build_model(spec(init_adapter=str(tmp_path / "v1")), model_dir, on_gpu=False)
+    saved = {n: p for n, p in trained.named_parameters() if "lora_" in n}
+    loaded = {n: p for n, p in warm.named_parameters() if "lora_" in n}
+    assert saved.keys() == loaded.keys() and len(saved) > 0
+    assert all(torch.equal(saved[n], loaded[n]) and loaded[n].requires_grad for n in saved)
+    with pytest.raises(ModelError, match="r=4 but this job sets 8"):
+        build_model(spec(r=8, init_adapter=str(tmp_path / "v1")), model_dir, on_gpu=False)
+    with pytest.raises(ModelError, match="adapts other modules"):
+        build_model(spec(target_modules=["q_proj"], init_adapter=str(tmp_path / "v1")), model_dir, on_gpu=False)
+
+
+def test_ftctl_refresh_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # data/nightly/ does not exist here
+    assert main(["refresh", "nightly", "--job", str(JOB), "--home", str(tmp_path / "home")]) == 1
+    assert "no data file matches" in capsys.readouterr().err
+    assert main(["refresh", "q", "--job", str(REPO / "configs" / "quickstart.yaml")]) == 2
+    assert "no forgetting gate" in capsys.readouterr().err
