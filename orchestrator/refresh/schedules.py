@@ -15,6 +15,7 @@ SQLite transaction, guarded by a compare-and-swap on the last slot it read and a
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -47,6 +48,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS firings_once ON firings(schedule, slot) WHERE 
 """
 
 MISSED_POLICIES = ("catch-up", "skip")
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # JobSpec.name's pattern: a schedule names its jobs
 GRACE_S = 120.0
 """A slot noticed within this long of its time counts as on time, not missed."""
 
@@ -115,6 +117,9 @@ class ScheduleStore:
 
     def add(self, name: str, cron: str, spec: dict[str, Any], missed: str = "catch-up", priority: int = 0,
             team: str = "", now: float | None = None) -> Schedule:
+        if not NAME.match(name):
+            raise ScheduleError(f"schedule name {name!r} is not usable as a job and adapter name: use lowercase "
+                                "letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)")
         parse_cron(cron)  # CronError (a ValueError) names what is wrong
         if missed not in MISSED_POLICIES:
             raise ScheduleError(f"missed-firing policy {missed!r} is not one of {', '.join(MISSED_POLICIES)}")

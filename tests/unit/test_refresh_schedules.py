@@ -471,3 +471,10 @@ def test_an_unknown_schedule_is_an_error_not_a_hang(tmp_path, spec, action):
     assert finished, f"ScheduleStore {action} of an unknown schedule deadlocked (store lock taken twice)"
     assert isinstance(err, ScheduleError)
     assert "no schedule named 'ghost'; known: nightly" in str(err)
+
+
+def test_a_schedule_name_must_be_usable_as_a_job_name(store):
+    schedules = ScheduleStore(store)
+    with pytest.raises(ScheduleError, match="not usable as a job and adapter name"):
+        schedules.add("Nightly Run", "0 3 * * *", {"name": "x"}, now=0.0)
+    assert schedules.list() == []
