@@ -143,8 +143,8 @@ def refresh_night(steps: int, work: Path) -> dict:
     cold_dir = work / "cold"
     assert run_job(resolve_spec(cold), run_dir=cold_dir, console=console, store=store) == 0
     cold_eval = json.loads((cold_dir / "summary.json").read_text())["final_eval"]["eval_loss"]
-    return {"nights": results, "cold_eval_loss": cold_eval,
-            "base_eval_loss": json.loads((work / "night1" / "promotion.json").read_text())["measured"]["base"]["target"]}
+    promotion = json.loads((work / "night1" / "promotion.json").read_text())
+    return {"nights": results, "cold_eval_loss": cold_eval, "base_eval_loss": promotion["measured"]["base"]["target"]}
 
 
 def main() -> None:

@@ -198,7 +198,8 @@ def diff_versions(registry, name: str, a: int, b: int) -> dict[str, Any]:
     rows = {r["version"]: r for r in history(registry, name)}
     ha, hb = rows[a], rows[b]
     out["target"] = {"a": ha["target"], "b": hb["target"]}
-    out["tasks"] = {t: {"a": ha["tasks"].get(t), "b": hb["tasks"].get(t)} for t in sorted(set(ha["tasks"]) | set(hb["tasks"]))}
+    tasks = sorted(set(ha["tasks"]) | set(hb["tasks"]))
+    out["tasks"] = {t: {"a": ha["tasks"].get(t), "b": hb["tasks"].get(t)} for t in tasks}
     out["weights"] = _weight_change(Path(va.adapter), Path(vb.adapter))
     return out
 
@@ -251,9 +252,9 @@ def cmd_adapters_diff(name: str, a: int, b: int, home: Path | None, as_json: boo
         console.print(f"{name} v{a} -> v{b}")
         console.print(f"  base model: {'same' if d['base_same'] else 'DIFFERENT'}; training data: "
                       f"{'same' if d['data_same'] else 'different'}")
-        for side, files in (("only in v%d" % a, d["data_files"]["only_a"]), ("only in v%d" % b, d["data_files"]["only_b"])):
+        for version, files in ((a, d["data_files"]["only_a"]), (b, d["data_files"]["only_b"])):
             for f in files:
-                console.print(f"    {side}: {f}")
+                console.print(f"    only in v{version}: {f}")
         for key, (va, vb) in d["spec"].items():
             console.print(f"  {key}: {va} -> {vb}")
         if d["target"]["a"] is not None and d["target"]["b"] is not None:
@@ -330,7 +331,8 @@ def cmd_schedule_list(address: str | None, as_json: bool) -> int:
             table.add_column(column, overflow="fold")
         for s in rows:
             last = s["firings"][-1] if s["firings"] else None
-            table.add_row(s["name"], s["cron"], s["missed"], "paused" if s["paused"] else "active", _when(s["next_slot"]),
+            table.add_row(s["name"], s["cron"], s["missed"], "paused" if s["paused"] else "active",
+                          _when(s["next_slot"]),
                           f"{_when(last['slot'])} {last['kind']} {last['job_id'] or ''} {escape(last['note'])}"
                           if last else "-")
         console.print(table)

@@ -118,7 +118,8 @@ class Registry:
             if promote:
                 _move_head(db, name, head, version, "promote", reason, now)
             else:
-                db.execute("INSERT INTO adapter_events VALUES (?, ?, 'reject', ?, ?, ?)", (name, now, head, version, reason))
+                db.execute("INSERT INTO adapter_events VALUES (?, ?, 'reject', ?, ?, ?)",
+                           (name, now, head, version, reason))
         return self.get(name, version)
 
     def promote(self, name: str, version: int, reason: str, force: bool = False) -> Version:
@@ -131,7 +132,8 @@ class Registry:
             head = _head(db, name)
             if head == version:
                 raise RegistryError(f"{name} v{version} is already the promoted version")
-            db.execute("UPDATE adapter_versions SET verdict = 'promoted' WHERE name = ? AND version = ?", (name, version))
+            db.execute("UPDATE adapter_versions SET verdict = 'promoted' WHERE name = ? AND version = ?",
+                       (name, version))
             _move_head(db, name, head, version, "promote", reason or "promoted by hand", now)
         return self.get(name, version)
 
@@ -148,7 +150,8 @@ class Registry:
                 if to is None:
                     raise RegistryError(f"no promoted version of {name} is older than v{head}; there is nothing to "
                                         "roll back to")
-            row = db.execute("SELECT verdict FROM adapter_versions WHERE name = ? AND version = ?", (name, to)).fetchone()
+            row = db.execute("SELECT verdict FROM adapter_versions WHERE name = ? AND version = ?",
+                             (name, to)).fetchone()
             if row is None:
                 raise RegistryError(f"adapter {name} has no version {to}")
             if row["verdict"] != "promoted":

@@ -186,7 +186,8 @@ class ScheduleStore:
                        (schedule.name, decision.newest, decision.kind, now, job_id, parent, decision.missed, note))
         return job_id
 
-    def run_now(self, name: str, now: float, make_job: Callable[[Any], tuple[str | None, int | None, str]]) -> str | None:
+    def run_now(self, name: str, now: float,
+                make_job: Callable[[Any], tuple[str | None, int | None, str]]) -> str | None:
         """Fire outside the cron (does not touch the schedule's slots)."""
         self.get(name)
         with self.store.transaction() as db:
