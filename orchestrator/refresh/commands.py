@@ -81,14 +81,17 @@ def history(registry, name: str) -> list[dict[str, Any]]:
         job = v.record.get("job") or {}
         candidate = measured.get("candidate") or {}
         base = measured.get("base") or {}
-        tasks = candidate.get("tasks") or {name_: t.get("final") for name_, t in
-                                           ((job.get("forgetting") or {}).get("tasks") or {}).items()}
+        # Gated versions: the values of the promotion measurement; others: their job's report.
+        in_job = job.get("forgetting_tasks") or {}
+        tasks = candidate.get("tasks") or {t: v["final"] for t, v in in_job.items()}
+        base = base or {"target": None, "tasks": {t: v["base"] for t, v in in_job.items()}}
         rows.append({
             "version": v.version, "parent": v.parent, "current": head is not None and head.version == v.version,
             "verdict": v.verdict, "reason": v.reason, "created_at": v.created_at, "job_id": v.job_id,
             "failed_gates": [g["gate"] for g in v.record.get("gates") or [] if not g["passed"]],
             "data_files": len(v.record["data"].get("files") or []) or None,
-            "target": candidate.get("target"), "base_target": base.get("target"),
+            "target": candidate.get("target", (job.get("final_eval") or {}).get("eval_loss")),
+            "base_target": base.get("target"),
             "tasks": tasks, "base_tasks": base.get("tasks") or {},
             "drift": {t: tasks[t] - base["tasks"][t] for t in tasks if t in (base.get("tasks") or {})
                       and tasks[t] is not None},

@@ -70,7 +70,10 @@ def version_record(spec: JobSpec, run_dir: Path, summary: dict[str, Any]) -> dic
 
     model_dir = resolve_model_dir(spec.model)
     train = spec.data.train
-    forgetting = summary.get("forgetting") or {}
+    report_file = run_dir / "forgetting.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    forgetting = {name: {"metric": t["metric"], "base": t["base"], "final": t["final"]}
+                  for name, t in (report.get("tasks") or {}).items()}
     return {
         "base": {"path": spec.model.path, "digest": tree_digest(Path(model_dir), ftctl_home() / "digests.json")},
         "data": {"train": train.path, "files": train.files, "content": open_source(train).content_id,
@@ -79,7 +82,7 @@ def version_record(spec: JobSpec, run_dir: Path, summary: dict[str, Any]) -> dic
         "method": spec.method.kind,
         "init_adapter": spec.method.lora.init_adapter if spec.method.lora else None,
         "job": {"steps": summary.get("steps"), "final_loss": summary.get("final_loss"),
-                "final_eval": summary.get("final_eval"), "forgetting": forgetting,
+                "final_eval": summary.get("final_eval"), "forgetting_tasks": forgetting,
                 "forgetting_gate": summary.get("forgetting_gate")},
         "artifacts": {"adapter": summary["artifacts"]["adapter"], "run_dir": str(run_dir),
                       **({"merged": summary["artifacts"]["merged"]} if "merged" in summary["artifacts"] else {})},

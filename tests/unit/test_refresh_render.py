@@ -105,3 +105,17 @@ def test_a_glob_is_valid_before_its_files_arrive_but_must_name_a_data_format(tmp
     raw["data"]["train"] = {"path": str(tmp_path / "*.jsonl"), "files": [str(tmp_path / "gone.jsonl")]}
     with pytest.raises(SpecError, match="no longer exists"):
         resolve_spec(raw)
+
+
+def test_the_history_of_a_version_no_gate_judged_comes_from_its_job(store, capsys):
+    from orchestrator.refresh.commands import history
+    from orchestrator.refresh.registry import Registry
+
+    registry = Registry(store)
+    record = {"artifacts": {"adapter": "/runs/a/adapter"}, "data": {"files": None},
+              "job": {"final_eval": {"eval_loss": 2.5},
+                      "forgetting_tasks": {"reversal": {"metric": "exact_match", "base": 1.0, "final": 0.75}}}}
+    registry.register("hand", record, None, "/runs/a")
+    (row,) = history(registry, "hand")
+    assert row["verdict"] == "registered" and row["target"] == 2.5 and not row["current"]
+    assert row["tasks"] == {"reversal": 0.75} and row["drift"] == {"reversal": -0.25}
