@@ -13,6 +13,16 @@ import pytest
 TESTS = Path(__file__).parent
 
 
+def pytest_configure(config):
+    # Jobs the tests run register their adapters: in a registry of the test session's own,
+    # never in the user's $FTCTL_HOME (inherited by every process the tests start).
+    import os
+    import tempfile
+
+    if "FTCTL_REGISTRY" not in os.environ:
+        os.environ["FTCTL_REGISTRY"] = str(Path(tempfile.mkdtemp(prefix="ftctl-test-registry-")) / "jobs.db")
+
+
 def pytest_collection_modifyitems(config, items):
     cuda = None
     for item in items:
