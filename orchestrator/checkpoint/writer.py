@@ -12,6 +12,7 @@ One save is in flight per rank: the next `save` first waits for the previous one
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -80,8 +81,11 @@ class CheckpointWriter:
                 write(target)
                 fsync_file(target)
             marker = staging / f"{DONE}{self.rank:05d}"
-            marker.write_text("")
-            fsync_file(marker)
+            # Synced through the descriptor that created it: once the marker exists, rank 0 may
+            # commit at any moment, removing the marker and renaming the staging dir, so it
+            # must not be opened again by name.
+            with open(marker, "w") as f:
+                os.fsync(f.fileno())
             if self.rank == 0:
                 self._commit(step, staging, metrics)
         except BaseException as err:  # reported by wait() in the training thread

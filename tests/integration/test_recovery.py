@@ -24,9 +24,14 @@ from safetensors.torch import load_file
 from tests.integration.test_run import QUICKSTART, run
 
 REPO = Path(__file__).parents[2]
-STEPS = 30
+# Periodic checkpoints at EVERY and 2 * EVERY, the final one at STEPS. Interruptions come
+# after step INTERRUPT_AFTER: past the MIDDLE checkpoint, 5 steps before the next one.
+EVERY = 7
+STEPS = 2 * EVERY + 2
+MIDDLE = f"step-{EVERY:08d}"  # the checkpoint the resume tests start from
+INTERRUPT_AFTER = EVERY + 2
 COMMON = ["training.warmup_steps=5", "training.log_every_steps=1", f"training.max_steps={STEPS}",
-          "checkpoint.every_steps=10", "checkpoint.keep_last=5", "checkpoint.max_failures=2", "data.eval=null",
+          f"checkpoint.every_steps={EVERY}", "checkpoint.keep_last=5", "checkpoint.max_failures=2", "data.eval=null",
           "training.eval_every_steps=null", "forgetting.tasks=[]", "forgetting.every_steps=null"]
 CASES = {
     "lora-ddp": [],
@@ -58,11 +63,13 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         assert (a[key] - b[key]).abs().max() <= 1e-5, key
 
 
-def wait_for_step(run_dir: Path, step: int, timeout: float = 240) -> int:
+def wait_for_step(run_dir: Path, step: int, timeout: float = 240, committed: str | None = None) -> int:
+    """The latest logged step once it is `step` or later (and, with `committed`, once that
+    checkpoint is committed)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         path = run_dir / "metrics.jsonl"
-        if path.is_file():
+        if path.is_file() and (committed is None or (run_dir / "checkpoints" / committed / "manifest.json").is_file()):
             lines = [line for line in path.read_text().splitlines() if line.strip()]
             if lines:
                 try:
@@ -84,6 +91,7 @@ def reference(tmp_path_factory, local_ray):
         if case not in made:
             code, run_dir, log = run(tmp_path_factory.mktemp("ref"), case, *COMMON, *{**CASES, **SHARDED}[case])
             assert code == 0, log
+            assert json.loads((run_dir / "summary.json").read_text())["restarts"] == [], "the reference was interrupted"
             made[case] = run_dir
         return made[case]
 
@@ -96,7 +104,8 @@ def test_a_sigkilled_worker_is_restarted_and_the_run_ends_exactly_as_an_uninterr
 
     def kill_rank_1() -> None:
         run_dir = tmp_path / "killed"
-        killed["at"] = wait_for_step(run_dir, 15)
+        # The MIDDLE checkpoint is committed: the restart has something to resume from.
+        killed["at"] = wait_for_step(run_dir, INTERRUPT_AFTER, committed=MIDDLE)
         pid = json.loads((run_dir / "workers" / "rank-00001.json").read_text())["pid"]
         os.kill(pid, signal.SIGKILL)
         killed["pid"] = pid
@@ -111,11 +120,18 @@ def test_a_sigkilled_worker_is_restarted_and_the_run_ends_exactly_as_an_uninterr
     assert summary["status"] == "succeeded"
     assert len(summary["restarts"]) == 1, summary["restarts"]
     restart = summary["restarts"][0]
-    # killed after step 15: between the checkpoints of steps 10 and 20 (or just after 20)
-    assert restart["resumed_step"] in (10, 20) and restart["resumed_step"] <= killed["at"], (restart, killed)
+    # killed after step INTERRUPT_AFTER: between the checkpoints of steps EVERY and 2 * EVERY (or just after 2 * EVERY)
+    assert restart["resumed_step"] in (EVERY, 2 * EVERY) and restart["resumed_step"] <= killed["at"], (restart, killed)
     assert restart["resumed_from"].endswith(f"step-{restart['resumed_step']:08d}")
     assert json.loads((run_dir / "workers" / "rank-00001.json").read_text())["pid"] != killed["pid"]
     assert_same_run(run_dir, reference(case))
+
+
+def remove_checkpoints_after_middle(run_dir: Path) -> None:
+    late = [f"step-{2 * EVERY:08d}", f"step-{STEPS:08d}"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == [MIDDLE, *late]
+    for name in late:
+        shutil.rmtree(run_dir / "checkpoints" / name)
 
 
 def ftctl(*args: str) -> list[str]:
@@ -132,7 +148,7 @@ def test_sigterm_saves_within_the_grace_period_exits_75_and_resume_is_exact(tmp_
     proc = subprocess.Popen(ftctl("run", str(QUICKSTART), *overrides, "--run-dir", str(run_dir), "--address", address),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        at = wait_for_step(run_dir, 13)
+        at = wait_for_step(run_dir, INTERRUPT_AFTER)
         signalled = time.time()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
@@ -168,12 +184,11 @@ def test_a_ddp_run_resumes_on_one_worker_with_the_global_batch_kept(tmp_path, re
     ref = reference("lora-ddp")
     run_dir = tmp_path / "reshard"
     shutil.copytree(ref, run_dir)
-    for late in ("step-00000030", "step-00000020"):  # as if it had stopped after step 10
-        shutil.rmtree(run_dir / "checkpoints" / late)
+    remove_checkpoints_after_middle(run_dir)  # as if it had stopped after step EVERY
     assert main(["resume", str(run_dir), "--workers", "1"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 1
-    assert summary["resumed_from"].endswith("step-00000010")
+    assert summary["resumed_from"].endswith(MIDDLE)
     # 1 worker x 2 accumulation sees the examples 2 workers x 1 did: the same steps, up to summation order
     got, want = metrics(run_dir), metrics(ref)
     assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in want], abs=1e-4)
@@ -189,11 +204,10 @@ def test_a_sharded_run_resumed_from_a_middle_checkpoint_ends_exactly_as_an_unint
     ref = reference(case)
     run_dir = tmp_path / case
     shutil.copytree(ref, run_dir)
-    for late in ("step-00000030", "step-00000020"):
-        shutil.rmtree(run_dir / "checkpoints" / late)
+    remove_checkpoints_after_middle(run_dir)
     if case.endswith("zero3"):  # the optimizer partitions come through DeepSpeed's own files
-        assert list((run_dir / "checkpoints" / "step-00000010" / "deepspeed").rglob("*optim_states.pt"))
+        assert list((run_dir / "checkpoints" / MIDDLE / "deepspeed").rglob("*optim_states.pt"))
     assert main(["resume", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["resumed_from"].endswith("step-00000010") and summary["world_size"] == 2
+    assert summary["resumed_from"].endswith(MIDDLE) and summary["world_size"] == 2
     assert_same_run(run_dir, ref)
