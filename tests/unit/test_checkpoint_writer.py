@@ -176,3 +176,26 @@ def test_other_ranks_never_touch_the_mirror(tmp_path):
     rank1.wait()
     assert mirror.uploaded == [] and mirror.retained == []
     assert rank1.mirror_errors == []
+
+
+def test_a_rank_descheduled_after_writing_its_done_marker_still_succeeds(tmp_path, monkeypatch):
+    """Rank 0 may commit (removing the markers, renaming the staging dir) the moment the last
+    marker exists; the rank that wrote it must not touch the marker by name afterwards."""
+    import orchestrator.checkpoint.writer as writer_module
+    from orchestrator.checkpoint.writer import DONE
+
+    real = writer_module.fsync_file
+
+    def slow_on_markers(path):
+        if path.name.startswith(DONE):
+            time.sleep(0.5)  # rank 0's commit polls every few ms: it commits meanwhile
+        real(path)
+
+    monkeypatch.setattr(writer_module, "fsync_file", slow_on_markers)
+    rank0, rank1 = make_writer(tmp_path, rank=0, world=2), make_writer(tmp_path, rank=1, world=2)
+    rank0.save(6, {"a.pt": write_bytes(b"0")})
+    rank1.save(6, {"b.pt": write_bytes(b"1")})
+    rank0.wait()
+    rank1.wait()  # raised FileNotFoundError (as a CheckpointError) when the marker was reopened by name
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000006"]
+    assert leftovers(tmp_path) == []
