@@ -291,17 +291,17 @@ def _with_schedules(address: str | None, action: Callable[[Any], int | None], st
         return EXIT_FAILED
 
 
-def cmd_schedule_add(name: str, cron: str, job: Path, overrides: list[str], missed: str, priority: int, team: str,
-                     address: str | None) -> int:
-    """Refresh adapter NAME on a cron schedule (UTC): each firing trains the job warm-started
-    from the promoted version, on the data its glob matches then, and promotes the result
-    only when every gate passes."""
+def _refreshable_job(job: Path, overrides: list[str], cron: str | None = None):
+    """The job file as a refreshable JobSpec, or the exit code after saying what is wrong
+    (a bad cron, an invalid job, or a job with nothing to gate on)."""
     from orchestrator.refresh.cron import parse_cron
+    from orchestrator.refresh.jobs import check_refreshable
     from orchestrator.spec import SpecError, load_spec
 
     try:
-        parse_cron(cron)
-        load_spec(job, overrides)
+        if cron is not None:
+            parse_cron(cron)
+        spec = load_spec(job, overrides)
     except SpecError as err:
         from orchestrator.cli import print_problems
 
@@ -310,6 +310,21 @@ def cmd_schedule_add(name: str, cron: str, job: Path, overrides: list[str], miss
     except ValueError as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}")
         return EXIT_INVALID
+    problems = check_refreshable(spec)
+    if problems:
+        err_console.print(f"[red]✗[/red] {job} cannot be refreshed on a schedule: " + "; ".join(problems))
+        return EXIT_INVALID
+    return spec
+
+
+def cmd_schedule_add(name: str, cron: str, job: Path, overrides: list[str], missed: str, priority: int, team: str,
+                     address: str | None) -> int:
+    """Refresh adapter NAME on a cron schedule (UTC): each firing trains the job warm-started
+    from the promoted version, on the data its glob matches then, and promotes the result
+    only when every gate passes."""
+    spec = _refreshable_job(job, overrides, cron)
+    if isinstance(spec, int):
+        return spec
 
     def add(client) -> None:
         s = client.schedule_add(name, cron, job, overrides, missed, priority, team)
@@ -380,26 +395,9 @@ def cmd_schedule_render(name: str, job: Path, overrides: list[str], cron: str, t
                         namespace: str, pvc: str, cpus: int | None, time_limit: str | None) -> int:
     """For clusters without a long-running controller: print a Slurm scrontab entry or a
     KubeRay RayCronJob that runs `ftctl refresh NAME` on the schedule."""
-    from orchestrator.refresh.cron import parse_cron
-    from orchestrator.spec import SpecError, load_spec
-
-    try:
-        parse_cron(cron)
-        spec = load_spec(job, overrides)
-    except SpecError as err:
-        from orchestrator.cli import print_problems
-
-        print_problems(job, err)
-        return EXIT_INVALID
-    except ValueError as err:
-        err_console.print(f"[red]✗[/red] {escape(str(err))}")
-        return EXIT_INVALID
-    from orchestrator.refresh.jobs import check_refreshable
-
-    problems = check_refreshable(spec)
-    if problems:
-        err_console.print(f"[red]✗[/red] {job} cannot be refreshed on a schedule: " + "; ".join(problems))
-        return EXIT_INVALID
+    spec = _refreshable_job(job, overrides, cron)
+    if isinstance(spec, int):
+        return spec
     if target == "slurm":
         from orchestrator.launchers.slurm import render_scrontab
 
@@ -418,17 +416,14 @@ def cmd_refresh(name: str, job: Path, overrides: list[str], address: str | None,
     runs): warm-start from the promoted version, train on what the data glob matches now,
     register, gate and promote."""
     from orchestrator.data.errors import DataError
-    from orchestrator.refresh.jobs import check_refreshable, refresh_spec
-    from orchestrator.spec import SpecError, load_spec, resolve_spec
+    from orchestrator.refresh.jobs import refresh_spec
+    from orchestrator.spec import SpecError, resolve_spec
 
+    spec = _refreshable_job(job, overrides)
+    if isinstance(spec, int):
+        return spec
     try:
-        spec = load_spec(job, overrides)
-        problems = check_refreshable(spec)
-        if problems:
-            err_console.print(f"[red]✗[/red] {job} cannot be refreshed: " + "; ".join(problems))
-            return EXIT_INVALID
-        registry = _registry(home)
-        refreshed = resolve_spec(refresh_spec(spec.model_dump(mode="json"), name, registry.head(name)))
+        refreshed = resolve_spec(refresh_spec(spec.model_dump(mode="json"), name, _registry(home).head(name)))
     except SpecError as err:
         from orchestrator.cli import print_problems
 
