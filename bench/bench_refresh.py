@@ -126,7 +126,7 @@ def refresh_night(steps: int, work: Path) -> dict:
     for night in (1, 2):
         if night == 2:
             (nightly / "2.jsonl").write_text("".join(rows[400:800]))
-        job = resolve_spec(refresh_spec(spec, "bench", registry.head("bench")))
+        job = refresh_spec(spec, "bench", registry.head("bench"))
         run_dir = work / f"night{night}"
         started = time.perf_counter()
         assert run_job(job, run_dir=run_dir, console=console, store=store) == 0

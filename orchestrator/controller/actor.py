@@ -21,10 +21,10 @@ class ControllerActor:
 
         from orchestrator.controller.core import Controller, ControllerSettings, SubprocessLauncher
         from orchestrator.controller.scheduler import Resources
-        from orchestrator.controller.store import SQLiteJobStore
+        from orchestrator.controller.store import SQLiteJobStore, store_file
 
         self.home = Path(home)
-        db = self.home / "controller" / "jobs.db"
+        db = store_file(self.home)
         store = SQLiteJobStore(db)
         address = ray.get_runtime_context().gcs_address
         settings = ControllerSettings(max_attempts=max_attempts,

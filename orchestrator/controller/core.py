@@ -141,10 +141,8 @@ class Controller:
 
     def fire_schedules(self) -> list[str]:
         """Fire every schedule whose slot has come (see refresh.schedules.due); the job ids queued."""
-        from orchestrator.refresh.schedules import due
-
         from orchestrator.refresh.cron import parse_cron
-        from orchestrator.refresh.schedules import ScheduleError
+        from orchestrator.refresh.schedules import ScheduleError, due
 
         fired = []
         now = self.clock()
@@ -185,7 +183,7 @@ class Controller:
 
         head = self.registry.head_in(db, schedule.name)
         try:
-            spec = refresh_spec(schedule.spec, schedule.name, head)
+            spec = refresh_spec(schedule.spec, schedule.name, head).model_dump(mode="json")
         except (DataError, SpecError, ValueError) as err:
             return None, None, f"not fired: {err}"
         job_id = f"{schedule.name}-{uuid.uuid4().hex[:8]}"

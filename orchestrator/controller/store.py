@@ -57,6 +57,12 @@ CREATE INDEX IF NOT EXISTS events_job ON events(job);
 """
 
 
+def store_file(home: Path) -> Path:
+    """The JobStore file of the controller whose FTCTL_HOME is `home` (the adapter registry
+    and the refresh schedules live in it too)."""
+    return Path(home) / "controller" / "jobs.db"
+
+
 class StaleUpdate(Exception):
     """The job is no longer in the state (or under the token) the caller believed."""
 

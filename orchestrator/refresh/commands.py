@@ -24,10 +24,17 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
+def _store(home: Path | None) -> str | None:
+    """The store file under `--home`; None: the default (FTCTL_REGISTRY, else FTCTL_HOME's)."""
+    from orchestrator.controller.store import store_file
+
+    return str(store_file(home)) if home else None
+
+
 def _registry(home: Path | None):
     from orchestrator.refresh.promote import open_registry
 
-    return open_registry(str(home / "controller" / "jobs.db") if home else None)
+    return open_registry(_store(home))
 
 
 def _guard(action: Callable[[], int | None]) -> int:
@@ -417,13 +424,13 @@ def cmd_refresh(name: str, job: Path, overrides: list[str], address: str | None,
     register, gate and promote."""
     from orchestrator.data.errors import DataError
     from orchestrator.refresh.jobs import refresh_spec
-    from orchestrator.spec import SpecError, resolve_spec
+    from orchestrator.spec import SpecError
 
     spec = _refreshable_job(job, overrides)
     if isinstance(spec, int):
         return spec
     try:
-        refreshed = resolve_spec(refresh_spec(spec.model_dump(mode="json"), name, _registry(home).head(name)))
+        refreshed = refresh_spec(spec.model_dump(mode="json"), name, _registry(home).head(name))
     except SpecError as err:
         from orchestrator.cli import print_problems
 
@@ -434,9 +441,8 @@ def cmd_refresh(name: str, job: Path, overrides: list[str], address: str | None,
         return EXIT_FAILED
     from orchestrator.training.run import default_run_dir, run_job
 
-    store = str(home / "controller" / "jobs.db") if home else None
     return run_job(refreshed, run_dir=run_dir or default_run_dir(refreshed), address=address, console=console,
-                   store=store)
+                   store=_store(home))
 
 
 # --------------------------------------------------------------------------- parsers

@@ -16,11 +16,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.spec.models import JobSpec
 from orchestrator.spec.paths import is_glob, locate_data, locate_model
 
 
-def refresh_spec(spec: dict[str, Any], name: str, head) -> dict[str, Any]:
-    """The resolved job (as a dict) for one refresh of `name`; `head` is its promoted Version or None."""
+def refresh_spec(spec: dict[str, Any], name: str, head) -> JobSpec:
+    """The validated job for one refresh of `name`; `head` is its promoted Version or None."""
     from orchestrator.data.sources import snapshot_files
     from orchestrator.spec import resolve_spec
     from orchestrator.spec.models import DataSourceSpec
@@ -34,7 +35,7 @@ def refresh_spec(spec: dict[str, Any], name: str, head) -> dict[str, Any]:
     out["method"]["lora"] = lora
     train = out["data"]["train"]
     train["files"] = snapshot_files(DataSourceSpec(**train)) if is_glob(train["path"]) else None
-    return resolve_spec(out).model_dump(mode="json")
+    return resolve_spec(out)
 
 
 def check_refreshable(spec) -> list[str]:

@@ -21,12 +21,11 @@ from orchestrator.spec.models import JobSpec
 def open_registry(store: str | None = None):
     """The registry in the JobStore file `store`; default $FTCTL_REGISTRY, else the
     controller's file in $FTCTL_HOME."""
-    from orchestrator.controller.store import SQLiteJobStore
+    from orchestrator.controller.store import SQLiteJobStore, store_file
     from orchestrator.refresh.registry import Registry
     from orchestrator.spec.paths import ftctl_home
 
-    return Registry(SQLiteJobStore(store or os.environ.get("FTCTL_REGISTRY")
-                                   or ftctl_home() / "controller" / "jobs.db"))
+    return Registry(SQLiteJobStore(store or os.environ.get("FTCTL_REGISTRY") or store_file(ftctl_home())))
 
 
 def register_and_judge(spec: JobSpec, run_dir: Path, summary: dict[str, Any], job_id: str | None = None,

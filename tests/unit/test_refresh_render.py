@@ -76,12 +76,12 @@ def test_a_refresh_job_freezes_the_glob_and_warm_starts_from_the_promoted_versio
     (adapter / "adapter_config.json").write_text("{}")
     spec = absolute_paths(load_spec(JOB, check_files=False).model_dump(mode="json"), tmp_path)
     assert spec["data"]["train"]["path"] == str(tmp_path / "data/nightly/*.jsonl")
-    first = refresh_spec(spec, "nightly", None)
+    first = refresh_spec(spec, "nightly", None).model_dump(mode="json")
     assert first["name"] == "nightly" and first["method"]["lora"]["init_adapter"] is None
     assert first["promotion"] | {} == {**first["promotion"], "adapter": "nightly", "auto": True, "parent": None}
     assert first["data"]["train"]["files"] == [str(data / "2026-11-01.jsonl"), str(data / "2026-11-02.jsonl")]
     head = SimpleNamespace(version=4, adapter=str(adapter))
-    later = refresh_spec(spec, "nightly", head)
+    later = refresh_spec(spec, "nightly", head).model_dump(mode="json")
     assert later["method"]["lora"]["init_adapter"] == str(adapter) and later["promotion"]["parent"] == 4
     assert spec["data"]["train"].get("files") is None  # the stored job is left as it was
 
