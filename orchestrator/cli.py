@@ -62,7 +62,7 @@ def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: 
                                                                                    "latest good checkpoint"))
 
     from orchestrator.checkpoint.compat import keep_global_batch
-    from orchestrator.checkpoint.store import latest_complete_checkpoint
+    from orchestrator.checkpoint.store import latest_complete_checkpoint, read_trainer_state, verify_training_checkpoint
 
     job = run_dir / "job.yaml"
     if not job.is_file():
@@ -70,11 +70,12 @@ def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: 
         return EXIT_INVALID
     extra = ["checkpoint.resume=auto"]
     if workers is not None:
-        info = latest_complete_checkpoint(run_dir / "checkpoints", warn=lambda _m: None)
+        info = latest_complete_checkpoint(run_dir / "checkpoints", warn=lambda _m: None,
+                                          verify=verify_training_checkpoint)
         if info is None:
             err_console.print(f"[red]✗[/red] {run_dir} has no usable checkpoint to resume on {workers} worker(s)")
             return EXIT_FAILED
-        saved = json.loads((info.path / "trainer_state.json").read_text())["spec"]
+        saved = read_trainer_state(info.path)["spec"]
         shape = keep_global_batch(saved, workers)
         if shape is None:
             err_console.print(f"[red]✗[/red] the saved global batch cannot be split over {workers} worker(s) with "

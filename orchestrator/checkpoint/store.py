@@ -19,6 +19,8 @@ from pathlib import Path
 from orchestrator.digest import sha256_file
 
 MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+REPLACED = ".replaced-"  # a committed checkpoint moved aside while its step is saved again
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -56,17 +58,41 @@ def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int |
     fsync_file(tmp)
     os.replace(tmp, staging / MANIFEST)
     final = staging.parent / step_dir_name(step)
-    if final.exists():  # a re-save of the same step (e.g. after a restart) replaces the old one
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    _fsync_dir(staging.parent)
+    if final.exists():
+        # A re-save of the same step (a restart that redoes it) replaces the old one. The old
+        # one is moved aside first, so a crash leaves it recoverable (restore_replaced).
+        replaced = staging.parent / f"{REPLACED}{final.name}"
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        os.replace(final, replaced)
+        os.replace(staging, final)
+        _fsync_dir(staging.parent)
+        shutil.rmtree(replaced, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+        _fsync_dir(staging.parent)
     if keep_last is not None:
         apply_retention(staging.parent, keep_last, best)
     return final
 
 
-def verify_checkpoint(path: Path) -> CheckpointInfo:
-    """Check the manifest and every file's size and hash; raise CheckpointError saying what is wrong."""
+def restore_replaced(checkpoints: Path) -> list[Path]:
+    """Put back a checkpoint moved aside by a re-save that crashed before its new copy was
+    renamed into place; drop one whose replacement did land. Returns what was put back."""
+    restored = []
+    for aside in sorted(checkpoints.glob(REPLACED + "step-*")):
+        final = checkpoints / aside.name[len(REPLACED):]
+        if final.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, final)
+            restored.append(final)
+    return restored
+
+
+def verify_checkpoint(path: Path, require: tuple[str, ...] = ()) -> CheckpointInfo:
+    """Check the manifest and every file's size and hash, and that the `require`d files are
+    among them; raise CheckpointError saying what is wrong."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {path.name} is incomplete (manifest missing)")
@@ -74,8 +100,15 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
         step = int(manifest["step"])
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(files, dict) or not all(
+                isinstance(meta, dict) and isinstance(meta.get("bytes"), int) and isinstance(meta.get("sha256"), str)
+                and _inside(name) for name, meta in files.items()):
+            raise TypeError("files is not a map of relative names to sizes and hashes")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise CheckpointError(f"checkpoint {path.name} has an unreadable manifest") from None
+    for name in require:
+        if name not in files:
+            raise CheckpointError(f"checkpoint {path.name} has no {name}")
     for name, meta in files.items():
         f = path / name
         if not f.is_file():
@@ -92,6 +125,29 @@ def verify_checkpoint(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path=path, step=step, spec_hash=str(manifest.get("spec_hash", "")))
 
 
+def verify_training_checkpoint(path: Path) -> CheckpointInfo:
+    """verify_checkpoint for a training checkpoint: it must also hold a readable trainer state."""
+    info = verify_checkpoint(path, require=(TRAINER_STATE,))
+    read_trainer_state(path)
+    return info
+
+
+def read_trainer_state(path: Path) -> dict:
+    """A checkpoint's trainer_state.json (step, data position, spec, ...)."""
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path.name}: {TRAINER_STATE} is unreadable ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("spec"), dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"checkpoint {path.name}: {TRAINER_STATE} is not a trainer state (no step and spec)")
+    return state
+
+
+def _inside(name: object) -> bool:
+    """A manifest entry names a file inside the checkpoint, never outside it."""
+    return isinstance(name, str) and bool(name) and not name.startswith("/") and ".." not in Path(name).parts
+
+
 def step_of(path: Path) -> int:
     """The step a checkpoint dir is named for."""
     return int(_STEP_DIR.match(path.name).group(1))
@@ -105,12 +161,12 @@ def list_checkpoints(checkpoints: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def latest_complete_checkpoint(checkpoints: Path, warn=print) -> CheckpointInfo | None:
+def latest_complete_checkpoint(checkpoints: Path, warn=print, verify=verify_checkpoint) -> CheckpointInfo | None:
     """The newest checkpoint that verifies; broken newer ones are skipped with a message."""
     candidates = list_checkpoints(checkpoints)
     for i, path in enumerate(reversed(candidates)):
         try:
-            return verify_checkpoint(path)
+            return verify(path)
         except CheckpointError as err:
             older = candidates[len(candidates) - i - 2].name if len(candidates) - i - 2 >= 0 else None
             warn(f"{err}; " + (f"trying {older} instead" if older else "no older checkpoint to fall back to"))

@@ -7,23 +7,33 @@ marker, removes the markers, hashes the files into the manifest, renames the dir
 place, applies retention and hands the checkpoint to the remote mirror. A crash at any
 moment leaves at worst a staging dir, which nothing ever takes for a checkpoint.
 
-One save is in flight per rank: the next `save` first waits for the previous one.
+One save is in flight per rank: the next `save` first waits for the previous one. Every
+rank makes the same sequence of saves, so each save has a staging dir of its own, named by
+the attempt and the save's number in that sequence: no marker of one save can ever land in
+another's dir. A save of a step this writer already saved (in flight or committed) is a
+no-op, so a step that is both a periodic checkpoint and the final one is written once.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.checkpoint.store import Best, CheckpointError, commit_checkpoint, fsync_file, staging_dir, step_dir_name
+from orchestrator.checkpoint.store import (Best, CheckpointError, commit_checkpoint, fsync_file, restore_replaced,
+                                           staging_dir, step_dir_name)
 
 
 FileWriter = Callable[[Path], None]
 DONE = ".done-rank"
+SAVE = "-save"
+# Fault injection for tests and operators' drills: rank 0 sleeps this long before each commit,
+# as it does when it hashes a multi-gigabyte checkpoint.
+COMMIT_DELAY_ENV = "FTCTL_FAILPOINT_COMMIT_DELAY_S"
 
 
 class CheckpointWriter:
@@ -35,19 +45,29 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.committed: list[Path] = []
+        self._saves = 0  # saves started so far; the same count on every rank
+        self._saved_steps: set[int] = set()
         self.mirror_errors: list[str] = []
         self.last_blocking_s = 0.0
 
+    def saved(self, step: int) -> bool:
+        """Whether this writer already saved `step` (the save may still be in flight)."""
+        return step in self._saved_steps
+
     def staging(self, step: int) -> Path:
-        """This attempt's staging dir for a step (created on first use)."""
-        path = staging_dir(self.checkpoints, step, self.attempt)
+        """The staging dir of the next save, of `step` (created on first use)."""
+        path = staging_dir(self.checkpoints, step, f"{self.attempt}{SAVE}{self._saves:05d}")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def remove_stale_staging(self) -> list[Path]:
-        """Rank 0, at start: staging dirs of earlier attempts are leftovers of a crash."""
-        stale = [p for p in self.checkpoints.glob(".tmp-*") if not p.name.endswith(f"-{self.attempt}")] \
-            if self.checkpoints.is_dir() else []
+        """Rank 0, at start: staging dirs of earlier attempts are leftovers of a crash. A
+        checkpoint whose re-save was interrupted between its two renames is put back."""
+        if not self.checkpoints.is_dir():
+            return []
+        restore_replaced(self.checkpoints)
+        mine = re.compile(r"^\.tmp-step-\d{8}-" + re.escape(self.attempt) + re.escape(SAVE) + r"\d{5}$")
+        stale = [p for p in self.checkpoints.glob(".tmp-*") if not mine.match(p.name)]
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         return stale
@@ -56,7 +76,12 @@ class CheckpointWriter:
              blocking: bool = False) -> None:
         started = time.perf_counter()
         self.wait()
+        if self.saved(step):  # e.g. a gate tripped on a checkpoint step: the final save is that one
+            self.last_blocking_s = time.perf_counter() - started
+            return
         staging = self.staging(step)
+        self._saves += 1
+        self._saved_steps.add(step)
         self._thread = threading.Thread(target=self._run, args=(step, staging, files, dict(metrics or {})),
                                         name=f"checkpoint-{step}", daemon=True)
         self._thread.start()
@@ -92,6 +117,9 @@ class CheckpointWriter:
             self._error = err
 
     def _commit(self, step: int, staging: Path, metrics: dict[str, float]) -> None:
+        delay = os.environ.get(COMMIT_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
         markers = [staging / f"{DONE}{r:05d}" for r in range(self.world)]
         deadline = time.monotonic() + self.timeout_s
         while not all(m.exists() for m in markers):

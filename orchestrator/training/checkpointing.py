@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.checkpoint.state import load_tensors, restore_rng, rng_state, snapshot
-from orchestrator.checkpoint.store import CheckpointError
+from orchestrator.checkpoint.store import CheckpointError, read_trainer_state
 from orchestrator.checkpoint.writer import CheckpointWriter
 from orchestrator.spec.models import JobSpec
 from orchestrator.training.strategies import full_state_dict
@@ -42,6 +42,12 @@ def save_training_state(writer: CheckpointWriter, step: int, trainer_state: dict
     from safetensors.torch import save_file
 
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if writer.saved(step):
+        # Already saved (a gate tripped on a checkpoint step, so the final save is that one):
+        # every rank decides the same, so no collective below is entered by only some ranks.
+        writer.save(step, {}, metrics, blocking=blocking)
+        _after_blocking(blocking)
+        return
     strategy = spec.resources.strategy
     staging = writer.staging(step)
     full = full_state_dict(accelerator, model, spec)  # collective where weights are sharded
@@ -70,6 +76,14 @@ def save_training_state(writer: CheckpointWriter, step: int, trainer_state: dict
         files["trainer_state.json"] = lambda path: path.write_text(text)
     files[f"rng-rank{rank:05d}.pt"] = _torch_file(rng_state())
     writer.save(step, files, metrics, blocking=blocking)
+    _after_blocking(blocking)
+
+
+def _after_blocking(blocking: bool) -> None:
+    """A blocking save returns on every rank only once rank 0 has committed it, so whatever
+    follows (a rollback reading the checkpoints, the driver reading the result) sees it."""
+    if blocking and dist.is_initialized():
+        dist.barrier()
 
 
 def load_training_state(path: Path, accelerator, model, optimizer, scheduler, spec: JobSpec) -> dict[str, Any]:
@@ -78,7 +92,7 @@ def load_training_state(path: Path, accelerator, model, optimizer, scheduler, sp
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = read_trainer_state(path)
     strategy = spec.resources.strategy
     if strategy != "ddp" and state["world_size"] != world:
         raise CheckpointError(f"{path.name} was saved by {state['world_size']} {strategy} workers and this run has "

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from orchestrator.checkpoint.store import Best, CheckpointError, list_checkpoints, step_of, verify_checkpoint
+from orchestrator.checkpoint.store import (Best, CheckpointError, list_checkpoints, read_trainer_state, step_of,
+                                           verify_training_checkpoint)
 from orchestrator.checkpoint.writer import CheckpointWriter
 from orchestrator.checkpoint.compat import flatten_fields
 from orchestrator.data.pipeline import collate, load_prepared
@@ -373,11 +374,20 @@ def _apply_gate(spec: JobSpec, trips, watch: ForgettingWatch, writer: Checkpoint
     gate: dict[str, Any] = {"action": spec.forgetting.action, "tripped": [t.as_dict() for t in trips],
                             "step": trips[0].step, "kept_step": None, "kept_checkpoint": None}
     if spec.forgetting.action == "rollback":
-        by_step = {step_of(p): p for p in list_checkpoints(writer.checkpoints)}
-        kept = latest_passing_step(watch.gates, watch.history, sorted(by_step))
-        if kept is not None:
-            load_training_state(verify_checkpoint(by_step[kept]).path, accelerator, model, optimizer, scheduler, spec)
-            gate.update(kept_step=kept, kept_checkpoint=str(by_step[kept]))
+        # Rank 0 chooses and every rank loads its choice: a rank listing the dir on its own
+        # could see another set of checkpoints than rank 0 (retention runs in rank 0's writer).
+        choice: list[Any] = [None]
+        if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+            by_step = {step_of(p): p for p in list_checkpoints(writer.checkpoints)}
+            kept = latest_passing_step(watch.gates, watch.history, sorted(by_step))
+            choice[0] = (kept, str(by_step[kept])) if kept is not None else None
+        if dist.is_initialized():
+            dist.broadcast_object_list(choice, src=0)
+        if choice[0] is not None:
+            kept, path = choice[0]
+            load_training_state(verify_training_checkpoint(Path(path)).path, accelerator, model, optimizer,
+                                scheduler, spec)
+            gate.update(kept_step=kept, kept_checkpoint=path)
     return gate
 
 
@@ -439,11 +449,11 @@ def _latest_of_this_job(checkpoints: Path, job_token: str) -> str | None:
     earlier job, which `checkpoint.resume: never` chose not to continue)."""
     for path in reversed(list_checkpoints(checkpoints)):
         try:
-            verify_checkpoint(path)
+            verify_training_checkpoint(path)
         except CheckpointError as err:
             print(f"{err}; trying an older one")
             continue
-        if json.loads((path / "trainer_state.json").read_text()).get("job") == job_token:
+        if read_trainer_state(path).get("job") == job_token:
             return str(path)
     return None
 

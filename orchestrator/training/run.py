@@ -142,14 +142,18 @@ def choose_resume(spec: JobSpec, run_dir: Path, config: dict[str, Any], console:
     """The checkpoint this run starts from (None: fresh), verified, and refused with the
     differences when it was saved under a spec or data that would not resume exactly."""
     from orchestrator.checkpoint.compat import resume_differences
-    from orchestrator.checkpoint.store import CheckpointError, latest_complete_checkpoint, list_checkpoints, verify_checkpoint
+    from orchestrator.checkpoint.store import (CheckpointError, latest_complete_checkpoint, list_checkpoints,
+                                               read_trainer_state, restore_replaced, verify_training_checkpoint)
 
     value = spec.checkpoint.resume
     if value == "never":
         return None
     checkpoints = run_dir / "checkpoints"
     if value == "auto":
-        info = latest_complete_checkpoint(checkpoints, warn=lambda m: console.print(f"[yellow]{m}[/yellow]"))
+        if checkpoints.is_dir():
+            restore_replaced(checkpoints)
+        info = latest_complete_checkpoint(checkpoints, warn=lambda m: console.print(f"[yellow]{m}[/yellow]"),
+                                          verify=verify_training_checkpoint)
         if info is None and spec.checkpoint.storage:
             from orchestrator.checkpoint.remote import Mirror
 
@@ -157,7 +161,7 @@ def choose_resume(spec: JobSpec, run_dir: Path, config: dict[str, Any], console:
                 mirror = Mirror(spec.checkpoint.storage, warn=lambda m: console.print(f"[yellow]{m}[/yellow]"))
                 fetched = mirror.fetch_latest(checkpoints)
                 mirror.close()
-            info = verify_checkpoint(fetched) if fetched else None
+            info = verify_training_checkpoint(fetched) if fetched else None
         if info is None:
             broken = list_checkpoints(checkpoints)
             if broken:
@@ -166,10 +170,10 @@ def choose_resume(spec: JobSpec, run_dir: Path, config: dict[str, Any], console:
             return None
     else:
         try:
-            info = verify_checkpoint(Path(value))
+            info = verify_training_checkpoint(Path(value))
         except CheckpointError as err:
             raise JobFailed(f"checkpoint.resume={value}: {err}") from None
-    saved = json.loads((info.path / "trainer_state.json").read_text())
+    saved = read_trainer_state(info.path)
     problems = resume_differences(saved["spec"], config["spec"])
     if saved.get("data_fingerprint") != config["data"]["train_fingerprint"]:
         problems.append(f"training data fingerprint: {str(saved.get('data_fingerprint'))[:12]} -> "

@@ -41,6 +41,36 @@ def test_a_stop_gate_ends_the_job_early_with_exit_4_and_no_artifact(tmp_path, lo
     assert report["tasks"]["reversal"]["passed"] is False
 
 
+def test_a_stop_gate_on_a_checkpoint_step_stops_there_even_when_commits_are_slow(tmp_path, local_ray):
+    """Step 20 is both a periodic checkpoint and, after the gate trips, the final one. With rank
+    0's commit slowed to 3 s (a real model hashes gigabytes) rank 1 used to hand its second
+    marker to the first save; rank 0 then waited 1800 s, Ray restarted the workers and the job
+    trained on past the gate. The delay reaches the workers through the job's runtime env."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    from orchestrator.checkpoint.writer import COMMIT_DELAY_ENV
+    from tests.integration.test_run import QUICKSTART
+
+    run_dir = tmp_path / "slow"
+    job_config = {"runtime_env": {"env_vars": {COMMIT_DELAY_ENV: "3"}}, "metadata": {}}
+    env = {**os.environ, "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job_config)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run", str(QUICKSTART), *GATED, "forgetting.action=stop",
+         "checkpoint.max_failures=0", "--run-dir", str(run_dir), "--address", ray.get_runtime_context().gcs_address],
+        cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    summary = summary_of(run_dir)
+    assert summary["status"] == "stopped_by_gate"
+    assert summary["forgetting_gate"]["step"] == 20 and summary["steps"] == 20
+    assert summary["restarts"] == []
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000010", "step-00000020"]
+    assert summary["train_seconds"] < 120  # nobody waited for a commit timeout
+
+
 def test_rollback_keeps_the_latest_checkpoint_that_passed_every_gate(tmp_path, local_ray):
     from orchestrator.cli import main
 

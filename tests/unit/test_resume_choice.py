@@ -137,3 +137,27 @@ def test_keep_global_batch_finds_the_accumulation_or_says_it_cannot():
     saved = spec_of().model_dump(mode="json")  # 2 workers x 16 x 1
     assert keep_global_batch(saved, 1) == {"resources.workers": 1, "training.grad_accum_steps": 2}
     assert keep_global_batch(saved, 3) is None
+
+
+@pytest.mark.parametrize("manifest", [
+    {"step": 40, "files": ["x"]},  # valid JSON, wrong shape
+    {"step": 40, "files": {"trainer_state.json": 12}},
+    {"step": 40, "files": {"../../etc/passwd": {"bytes": 1, "sha256": "0"}}},
+    {"step": 40, "files": {}},  # verifies, but holds no trainer state
+    [1, 2, 3],
+])
+def test_a_manifest_of_the_wrong_shape_is_skipped_like_a_corrupt_one(tmp_path, manifest):
+    save(tmp_path, 30)
+    bad = save(tmp_path, 40)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    chosen, out = choose(tmp_path)
+    assert chosen.endswith("step-00000030")
+    assert "step-00000040" in out and "trying step-00000030 instead" in out
+
+
+def test_a_trainer_state_of_the_wrong_shape_is_refused_with_its_name(tmp_path):
+    from orchestrator.checkpoint.store import CheckpointError, read_trainer_state
+
+    (tmp_path / "trainer_state.json").write_text('["not", "a", "state"]')
+    with pytest.raises(CheckpointError, match="trainer_state.json is not a trainer state"):
+        read_trainer_state(tmp_path)
