@@ -80,18 +80,35 @@ class Client:
         self._actor = controller(start=start, home=home, **options)
 
     def _call(self, method: str, *args: Any) -> Any:
+        """Call the controller; its own errors (an unknown job, a bad schedule) are raised
+        here as themselves, not wrapped in Ray's RayTaskError with the actor's traceback."""
         import ray
+        from ray.exceptions import RayActorError, RayTaskError
 
-        return ray.get(getattr(self._actor, method).remote(*args))
+        try:
+            return ray.get(getattr(self._actor, method).remote(*args))
+        except RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, Exception) and not isinstance(cause, RayTaskError):
+                raise cause from None
+            raise
+        except RayActorError as err:
+            raise ControllerUnavailable(f"the controller died while answering ({type(err).__name__}); "
+                                        "`ftctl controller start` restarts it, jobs and records are kept") from None
 
     def submit(self, job: str | Path | dict, overrides: Iterable[str] = (), priority: int = 0,
                team: str = "") -> dict[str, Any]:
         """Validate a job file (or a job dict) and queue it; the job's record."""
         from orchestrator.spec import load_spec, resolve_spec
 
+        from orchestrator.refresh.jobs import absolute_paths
+
         spec = resolve_spec(job, list(overrides)) if isinstance(job, dict) else load_spec(Path(job), list(overrides))
         r = spec.resources
-        return self._call("submit", spec.name, spec.model_dump(mode="json"), r.workers * r.cpus_per_worker,
+        # The controller runs the job from its own working directory: paths are resolved here,
+        # where they were validated.
+        stored = absolute_paths(spec.model_dump(mode="json"), Path.cwd())
+        return self._call("submit", spec.name, stored, r.workers * r.cpus_per_worker,
                           r.workers * r.gpus_per_worker, priority, team)
 
     def list(self, states: Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:

@@ -64,6 +64,8 @@ def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: 
     from orchestrator.checkpoint.compat import keep_global_batch
     from orchestrator.checkpoint.store import latest_complete_checkpoint, read_trainer_state, verify_training_checkpoint
 
+    if workers is not None and workers < 1:
+        return refuse([f"--workers must be at least 1 (got {workers})"])
     job = run_dir / "job.yaml"
     if not job.is_file():
         err_console.print(f"[red]✗[/red] {run_dir} is not a run dir (no job.yaml); resume takes the dir `ftctl run` wrote")
@@ -266,6 +268,8 @@ def print_merge(manifest: dict) -> None:
 
 
 def _with_client(address: str | None, action: Callable, start: bool = True) -> int:
+    """Run `action` with a controller client; what the controller refuses (an unknown job,
+    a job in the wrong state) is one line and exit 2, an unreachable controller exit 1."""
     from orchestrator.api import Client, ControllerUnavailable
     from orchestrator.controller.store import StaleUpdate
 
@@ -275,10 +279,15 @@ def _with_client(address: str | None, action: Callable, start: bool = True) -> i
     except ControllerUnavailable as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
         return EXIT_FAILED
-    except (KeyError, StaleUpdate) as err:
-        err_console.print(f"[red]✗[/red] {escape(str(err).strip(chr(39)))}", soft_wrap=True)
+    except (KeyError, ValueError, StaleUpdate) as err:
+        err_console.print(f"[red]✗[/red] {escape(error_text(err))}", soft_wrap=True)
         return EXIT_INVALID
     return EXIT_OK if result is None else result
+
+
+def error_text(err: BaseException) -> str:
+    """An exception's message as a sentence (a KeyError's str() is its repr)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 def _print_job(record: dict, note: str = "") -> int:
@@ -416,6 +425,7 @@ def cmd_launch_k8s(job: Path, overrides: list[str], image: str, namespace: str, 
     import shutil
     import subprocess
 
+    from orchestrator.launchers.errors import LaunchError
     from orchestrator.launchers.kubernetes import K8sOptions, SecretRef, render_manifests, to_yaml
     from orchestrator.spec import SpecError, load_spec
 
@@ -434,7 +444,10 @@ def cmd_launch_k8s(job: Path, overrides: list[str], image: str, namespace: str, 
         refs.append(SecretRef(env, secret, key))
     options = K8sOptions(image=image, namespace=namespace, workers=workers, gpus_per_worker=gpus_per_worker,
                          pvc=pvc, cron=cron, **({"secrets": tuple(refs)} if refs else {}))
-    text = to_yaml(render_manifests(spec, options))
+    try:
+        text = to_yaml(render_manifests(spec, options))
+    except LaunchError as err:
+        return refuse(err.problems)
     if not apply:
         sys.stdout.write(text)
         return EXIT_OK
@@ -470,8 +483,7 @@ def cmd_launch_slurm(job: Path, overrides: list[str], nodes: int, gpus_per_node:
             return EXIT_OK
         job_id = submit_sbatch(script, run_dir)
     except LaunchError as err:
-        err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
-        return EXIT_INVALID
+        return refuse(err.problems)
     console.print(f"Slurm job {job_id}: run dir {run_dir}; log {run_dir / 'slurm'}/{spec.name}-{job_id}.out")
     return EXIT_OK
 
@@ -500,6 +512,13 @@ def cmd_build_base() -> int:
         console.print(f"  {task:<12} exact match {value:.3f}")
     console.print(f"  target task  exact match {report['target_exact_match']:.3f} (not pre-trained)")
     return EXIT_OK
+
+
+def refuse(problems: list[str]) -> int:
+    """Say every problem with the command's options, one line each; exit 2."""
+    for problem in problems:
+        err_console.print(f"[red]✗[/red] {escape(problem)}", soft_wrap=True)
+    return EXIT_INVALID
 
 
 def print_problems(job: Path, err: "Exception") -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.launchers.errors import DNS_LABEL, DNS_SUBDOMAIN, LaunchError, at_least, cron, token
 from orchestrator.spec.models import JobSpec
 
 RUNS_MOUNT = "/ftctl"            # the PVC: FTCTL_HOME (caches) and run dirs live here
@@ -44,6 +45,44 @@ class K8sOptions:
     ttl_seconds_after_finished: int = 3600
     backoff_limit: int = 2                # RayJob retries (each resumes from the PVC's checkpoints)
 
+    def problems(self) -> list[str]:
+        """Every option the cluster would refuse (or render into nonsense), as a sentence each."""
+        found: list[str] = []
+        at_least(found, "--workers", self.workers, 1)
+        at_least(found, "--gpus-per-worker", self.gpus_per_worker, 0)
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            found.append(f"cpus per worker must be positive (got {self.cpus_per_worker:g})")
+        at_least(found, "ttl_seconds_after_finished", self.ttl_seconds_after_finished, 0)
+        at_least(found, "backoff_limit", self.backoff_limit, 0)
+        token(found, "--image", self.image)
+        if not DNS_LABEL.match(self.namespace):
+            found.append(f"--namespace {self.namespace!r} is not a Kubernetes namespace name "
+                         "(lowercase letters, digits and '-', at most 63)")
+        if not DNS_SUBDOMAIN.match(self.pvc):
+            found.append(f"--pvc {self.pvc!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-' and '.')")
+        if not _QUANTITY.match(self.memory_per_worker):
+            found.append(f"memory per worker {self.memory_per_worker!r} is not a Kubernetes quantity such as 32Gi")
+        cron(found, "--cron", self.cron)
+        for ref in self.secrets:
+            if not _ENV.match(ref.env):
+                found.append(f"--secret {ref.env}=...: {ref.env!r} is not an environment variable name")
+            if not DNS_SUBDOMAIN.match(ref.secret):
+                found.append(f"--secret {ref.env}={ref.secret}:{ref.key}: {ref.secret!r} is not a Secret name")
+            if not _SECRET_KEY.match(ref.key):
+                found.append(f"--secret {ref.env}={ref.secret}:{ref.key}: {ref.key!r} is not a Secret key")
+        if self.refresh is not None:
+            from orchestrator.refresh.schedules import NAME
+
+            if not NAME.match(self.refresh):
+                found.append(f"refresh name {self.refresh!r} is not an adapter name (lowercase letters, digits, "
+                             "'.', '_' and '-')")
+        return found
+
+
+_QUANTITY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
 
 def k8s_name(name: str, suffix: str = "") -> str:
     """A DNS-1123 label from a job name (lowercase alphanumerics and '-', at most 63)."""
@@ -52,7 +91,11 @@ def k8s_name(name: str, suffix: str = "") -> str:
 
 
 def render_manifests(spec: JobSpec, options: K8sOptions) -> list[dict[str, Any]]:
-    """[ConfigMap, RayJob] or, with a cron schedule, [ConfigMap, RayCronJob]."""
+    """[ConfigMap, RayJob] or, with a cron schedule, [ConfigMap, RayCronJob]; LaunchError
+    listing every problem with the options."""
+    problems = options.problems()
+    if problems:
+        raise LaunchError(problems)
     name = k8s_name(spec.name)
     config_map = {
         "apiVersion": "v1", "kind": "ConfigMap",

@@ -11,14 +11,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.launchers.errors import LaunchError, at_least, token
 from orchestrator.spec.models import JobSpec
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "slurm" / "ftctl.sbatch"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
-
-
-class LaunchError(Exception):
-    """The job cannot be launched as asked; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -31,9 +28,29 @@ class SlurmOptions:
     account: str | None = None
     port: int = 0                      # 0: a free port on the head node, chosen when the job starts
 
+    def problems(self) -> list[str]:
+        """Every option that Slurm (or the script) could not use, as a sentence each."""
+        found: list[str] = []
+        at_least(found, "--nodes", self.nodes, 1)
+        at_least(found, "--gpus-per-node", self.gpus_per_node, 0)
+        at_least(found, "--cpus-per-node", self.cpus_per_node, 1)
+        if not 0 <= self.port <= 65535:
+            found.append(f"--port must be 0 (a free port) or a port number up to 65535 (got {self.port})")
+        if self.time is not None and not _SLURM_TIME.match(self.time):
+            found.append(f"--time {self.time!r} is not a Slurm time limit: write MINUTES, HH:MM:SS or DAYS-HH:MM:SS")
+        token(found, "--partition", self.partition)
+        token(found, "--account", self.account)
+        return found
+
+
+_SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2}|UNLIMITED|INFINITE|unlimited|infinite)$")
+
 
 def render_sbatch(spec: JobSpec, job_file: Path, overrides: list[str], run_dir: Path, ftctl_home: Path,
                   options: SlurmOptions, template: Path = TEMPLATE) -> str:
+    problems = options.problems()
+    if problems:
+        raise LaunchError(problems)
     r = spec.resources
     cpus = options.cpus_per_node or max(1, math.ceil(r.workers * r.cpus_per_worker / options.nodes))
     if options.nodes * cpus < r.workers * r.cpus_per_worker:
@@ -71,6 +88,9 @@ def render_scrontab(name: str, cron: str, job_file: Path, overrides: list[str], 
     nodes share."""
     from orchestrator.spec.paths import ftctl_home as default_home
 
+    problems = SlurmOptions(cpus_per_node=cpus, time=time_limit).problems()
+    if problems:
+        raise LaunchError([p.replace("--cpus-per-node", "--cpus") for p in problems])
     r = spec.resources
     home = Path(ftctl_home or default_home()).resolve()
     logs = Path(log_dir or home / "refresh-logs").resolve()

@@ -44,8 +44,9 @@ def _guard(action: Callable[[], int | None]) -> int:
     try:
         result = action()
     except (RegistryError, ScheduleError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)  # KeyError quotes its str()
-        err_console.print(f"[red]✗[/red] {escape(str(message))}", soft_wrap=True)
+        from orchestrator.cli import error_text
+
+        err_console.print(f"[red]✗[/red] {escape(error_text(err))}", soft_wrap=True)
         return EXIT_INVALID
     return EXIT_OK if result is None else result
 
@@ -298,14 +299,16 @@ def _with_schedules(address: str | None, action: Callable[[Any], int | None], st
         return EXIT_FAILED
 
 
-def _refreshable_job(job: Path, overrides: list[str], cron: str | None = None):
+def _refreshable_job(name: str, job: Path, overrides: list[str], cron: str | None = None):
     """The job file as a refreshable JobSpec, or the exit code after saying what is wrong
-    (a bad cron, an invalid job, or a job with nothing to gate on)."""
+    (a bad name or cron, an invalid job, or a job with nothing to gate on)."""
     from orchestrator.refresh.cron import parse_cron
     from orchestrator.refresh.jobs import check_refreshable
+    from orchestrator.refresh.schedules import ScheduleError, check_name
     from orchestrator.spec import SpecError, load_spec
 
     try:
+        check_name(name)
         if cron is not None:
             parse_cron(cron)
         spec = load_spec(job, overrides)
@@ -314,7 +317,7 @@ def _refreshable_job(job: Path, overrides: list[str], cron: str | None = None):
 
         print_problems(job, err)
         return EXIT_INVALID
-    except ValueError as err:
+    except (ValueError, ScheduleError) as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}")
         return EXIT_INVALID
     problems = check_refreshable(spec)
@@ -329,7 +332,7 @@ def cmd_schedule_add(name: str, cron: str, job: Path, overrides: list[str], miss
     """Refresh adapter NAME on a cron schedule (UTC): each firing trains the job warm-started
     from the promoted version, on the data its glob matches then, and promotes the result
     only when every gate passes."""
-    spec = _refreshable_job(job, overrides, cron)
+    spec = _refreshable_job(name, job, overrides, cron)
     if isinstance(spec, int):
         return spec
 
@@ -402,18 +405,22 @@ def cmd_schedule_render(name: str, job: Path, overrides: list[str], cron: str, t
                         namespace: str, pvc: str, cpus: int | None, time_limit: str | None) -> int:
     """For clusters without a long-running controller: print a Slurm scrontab entry or a
     KubeRay RayCronJob that runs `ftctl refresh NAME` on the schedule."""
-    spec = _refreshable_job(job, overrides, cron)
+    spec = _refreshable_job(name, job, overrides, cron)
     if isinstance(spec, int):
         return spec
-    if target == "slurm":
-        from orchestrator.launchers.slurm import render_scrontab
-
-        print(render_scrontab(name, cron, job.resolve(), overrides, spec, cpus=cpus, time_limit=time_limit))
-        return EXIT_OK
+    from orchestrator.cli import refuse
+    from orchestrator.launchers.errors import LaunchError
     from orchestrator.launchers.kubernetes import K8sOptions, render_manifests, to_yaml
+    from orchestrator.launchers.slurm import render_scrontab
 
-    options = K8sOptions(image=image, namespace=namespace, pvc=pvc, cron=cron, refresh=name)
-    print(to_yaml(render_manifests(spec, options)))
+    try:
+        if target == "slurm":
+            print(render_scrontab(name, cron, job.resolve(), overrides, spec, cpus=cpus, time_limit=time_limit))
+        else:
+            options = K8sOptions(image=image, namespace=namespace, pvc=pvc, cron=cron, refresh=name)
+            print(to_yaml(render_manifests(spec, options)))
+    except LaunchError as err:
+        return refuse(err.problems)
     return EXIT_OK
 
 
@@ -426,7 +433,7 @@ def cmd_refresh(name: str, job: Path, overrides: list[str], address: str | None,
     from orchestrator.refresh.jobs import refresh_spec
     from orchestrator.spec import SpecError
 
-    spec = _refreshable_job(job, overrides)
+    spec = _refreshable_job(name, job, overrides)
     if isinstance(spec, int):
         return spec
     try:

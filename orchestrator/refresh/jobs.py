@@ -12,12 +12,11 @@ the data visible when it fired.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
 from orchestrator.spec.models import JobSpec
-from orchestrator.spec.paths import is_glob, locate_data, locate_model
+from orchestrator.spec.paths import absolute_paths, is_glob  # noqa: F401 (absolute_paths: re-exported)
 
 
 def refresh_spec(spec: dict[str, Any], name: str, head) -> JobSpec:
@@ -44,26 +43,3 @@ def check_refreshable(spec) -> list[str]:
 
     gated = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"auto": True})})
     return [f"{p.message} ({p.hint})" if p.hint else p.message for p in promotion_has_gates(gated)]
-
-
-def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
-    """Local paths made absolute from `cwd`, so a stored job means the same files wherever
-    and whenever it runs (the controller does not run in the submitter's directory)."""
-    out = copy.deepcopy(spec)
-
-    def data(source: dict[str, Any] | None) -> None:
-        if source and locate_data(source["path"]).kind == "local" and not os.path.isabs(
-                os.path.expanduser(source["path"])):
-            source["path"] = str(cwd / source["path"])
-
-    data(out["data"]["train"])
-    data(out["data"].get("eval"))
-    for source in (out["data"].get("replay") or {}).get("sources", []):
-        data(source)
-    for task in (out.get("forgetting") or {}).get("tasks", []):
-        data(task)
-    model = out.get("model") or {}
-    if model.get("path") and locate_model(model["path"]).kind == "local" and not os.path.isabs(
-            os.path.expanduser(model["path"])):
-        model["path"] = str(cwd / model["path"])
-    return out

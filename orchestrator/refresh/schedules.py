@@ -57,6 +57,13 @@ class ScheduleError(Exception):
     """A schedule request that cannot be carried out; the message says why."""
 
 
+def check_name(name: str) -> None:
+    """A schedule (and adapter) name is also a job name and a file name: refuse anything else."""
+    if not NAME.match(name):
+        raise ScheduleError(f"schedule name {name!r} is not usable as a job and adapter name: use lowercase "
+                            "letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)")
+
+
 @dataclass(frozen=True)
 class Due:
     fire: float | None
@@ -117,9 +124,7 @@ class ScheduleStore:
 
     def add(self, name: str, cron: str, spec: dict[str, Any], missed: str = "catch-up", priority: int = 0,
             team: str = "", now: float | None = None) -> Schedule:
-        if not NAME.match(name):
-            raise ScheduleError(f"schedule name {name!r} is not usable as a job and adapter name: use lowercase "
-                                "letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)")
+        check_name(name)
         parse_cron(cron)  # CronError (a ValueError) names what is wrong
         if missed not in MISSED_POLICIES:
             raise ScheduleError(f"missed-firing policy {missed!r} is not one of {', '.join(MISSED_POLICIES)}")

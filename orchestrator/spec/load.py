@@ -31,12 +31,17 @@ def load_spec(path: str | Path, overrides: Iterable[str] = (), check_files: bool
 
 def read_job_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise SpecError([Problem("", f"'{p}' is a directory, not a job file", "give the path of a YAML job file, "
+                                 "e.g. configs/quickstart.yaml")])
     if not p.is_file():
         raise SpecError([Problem("", f"job file '{p}' does not exist", "check the path")])
     try:
         data = _parse_yaml(p.read_text(encoding="utf-8"))
     except _JobFileShape as err:
         raise SpecError([Problem("", f"'{p}' {err}")]) from None
+    except RecursionError:
+        raise SpecError([Problem("", f"'{p}' nests more than {MAX_DEPTH} levels deep; a job file has a few")]) from None
     except UnicodeDecodeError:
         raise SpecError([Problem("", f"job file '{p}' is not UTF-8 text")]) from None
     except yaml.YAMLError as err:
@@ -53,6 +58,7 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
 
 
 MAX_EXPANDED_NODES = 100_000
+MAX_DEPTH = 64  # sections in sections; a job file uses about five
 
 
 class _JobFileShape(Exception):
@@ -76,7 +82,7 @@ def _parse_yaml(text: str) -> Any:
     node = yaml.compose(text, Loader=_JobFileLoader)
     if node is None:
         return None
-    _expanded_size(node, {}, set())
+    _expanded_size(node, {}, set(), 0)
     loader = _JobFileLoader(text)
     try:
         return loader.get_single_data()
@@ -84,23 +90,31 @@ def _parse_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def _expanded_size(node: Any, memo: dict[int, int], visiting: set[int]) -> int:
-    """Node count with YAML aliases expanded; refuses cycles and sizes no job file has."""
+_ALIASED = -1  # a key of the memo no node id takes: set once an alias was followed
+
+
+def _expanded_size(node: Any, memo: dict[int, int], visiting: set[int], depth: int) -> int:
+    """Node count with YAML aliases expanded; refuses cycles, nesting and sizes no job file has."""
     key = id(node)
-    if key in memo:
+    if key in memo:  # reached again: an alias
+        memo[_ALIASED] = 1
         return memo[key]
     if key in visiting:
         raise _JobFileShape("contains an alias that refers to itself; YAML anchors must not form a cycle")
+    if depth > MAX_DEPTH:
+        raise _JobFileShape(f"nests more than {MAX_DEPTH} levels deep; a job file has a few")
     visiting.add(key)
     size = 1
     if isinstance(node, yaml.MappingNode):
-        size += sum(_expanded_size(k, memo, visiting) + _expanded_size(v, memo, visiting) for k, v in node.value)
+        size += sum(_expanded_size(k, memo, visiting, depth + 1) + _expanded_size(v, memo, visiting, depth + 1)
+                    for k, v in node.value)
     elif isinstance(node, yaml.SequenceNode):
-        size += sum(_expanded_size(v, memo, visiting) for v in node.value)
+        size += sum(_expanded_size(v, memo, visiting, depth + 1) for v in node.value)
     visiting.discard(key)
     if size > MAX_EXPANDED_NODES:
-        raise _JobFileShape(f"expands to more than {MAX_EXPANDED_NODES:,} values (YAML aliases); "
-                            "a job file is far smaller: check its anchors")
+        raise _JobFileShape(f"holds more than {MAX_EXPANDED_NODES:,} values" + (
+            " once its YAML aliases are expanded; check its anchors" if _ALIASED in memo else
+            "; a job file has a few hundred: is this a data file?"))
     memo[key] = size
     return size
 
@@ -173,13 +187,23 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> tuple[dict
             problems.append(Problem(key or item, f"override '{item}' is not of the form key.sub=value"))
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = _parse_yaml(text) if text.strip() else None
+        except _JobFileShape as err:
+            problems.append(Problem(key, f"the value of override '{_short_text(item)}' {err}"))
+            continue
+        except RecursionError:
+            problems.append(Problem(key, f"the value of override '{_short_text(item)}' nests too deeply"))
+            continue
         except yaml.YAMLError:
             value = text
         err = _set_path(data, key.split("."), value)
         if err:
             problems.append(Problem(key, err))
     return data, problems
+
+
+def _short_text(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> str | None:

@@ -5,11 +5,12 @@ Kept free of torch/datasets so that `ftctl validate` stays fast.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 BUILTIN_MODEL = "builtin:tiny-base"
 DEMO_PREFIX = "builtin:demo/"
@@ -66,3 +67,29 @@ def demo_file_names() -> list[str]:
     fixed = ["target_train.jsonl", "target_eval.jsonl", "increment_train.jsonl", "increment_eval.jsonl",
              "classify_train.jsonl", "classify_eval.jsonl", "text_train.jsonl"]
     return fixed + [f"{kind}_{task}.jsonl" for kind in ("source", "replay") for task in SOURCE_TASKS]
+
+
+def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
+    """Local paths made absolute from `cwd`, so a stored job means the same files wherever
+    and whenever it runs (the controller does not run in the submitter's directory)."""
+    out = copy.deepcopy(spec)
+
+    def data(source: dict[str, Any] | None) -> None:
+        if source and locate_data(source["path"]).kind == "local" and not os.path.isabs(
+                os.path.expanduser(source["path"])):
+            source["path"] = str(cwd / source["path"])
+
+    data(out["data"]["train"])
+    data(out["data"].get("eval"))
+    for source in (out["data"].get("replay") or {}).get("sources", []):
+        data(source)
+    for task in (out.get("forgetting") or {}).get("tasks", []):
+        data(task)
+    lora = (out.get("method") or {}).get("lora") or {}
+    if lora.get("init_adapter") and not os.path.isabs(os.path.expanduser(lora["init_adapter"])):
+        lora["init_adapter"] = str(cwd / lora["init_adapter"])
+    model = out.get("model") or {}
+    if model.get("path") and locate_model(model["path"]).kind == "local" and not os.path.isabs(
+            os.path.expanduser(model["path"])):
+        model["path"] = str(cwd / model["path"])
+    return out

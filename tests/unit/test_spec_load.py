@@ -270,7 +270,35 @@ def test_missing_job_file(tmp_path):
 
 def test_job_file_that_is_a_directory(tmp_path):
     (problem,) = problems_of(load_spec, tmp_path)
-    assert "does not exist" in problem.message
+    assert "is a directory, not a job file" in problem.message and "YAML job file" in problem.hint
+
+
+def test_deep_nesting_is_refused_in_a_file_and_in_an_override(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    (problem,) = problems_of(load_spec, deep)
+    assert "nests more than 64 levels deep" in problem.message
+    (problem,) = problems_of(load_spec, QUICKSTART, ["description=" + "[" * 5000 + "]" * 5000])
+    assert problem.path == "description" and "nests" in problem.message
+
+
+def test_a_self_referencing_alias_in_an_override_is_refused(tmp_path):
+    (problem,) = problems_of(load_spec, QUICKSTART, ["description=&a [*a]"])
+    assert problem.path == "description" and "alias that refers to itself" in problem.message
+
+
+def test_a_huge_file_without_aliases_is_not_blamed_on_aliases(tmp_path):
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("".join(f"k{i}: {i}\n" for i in range(100_001)))
+    (problem,) = problems_of(load_spec, wide)
+    assert "holds more than 100,000 values; a job file has a few hundred" in problem.message
+    assert "anchors" not in problem.message
+
+
+def test_nan_and_infinity_are_refused_as_not_finite():
+    problems = problems_of(load_spec, QUICKSTART, ["training.lr=.nan", "training.max_grad_norm=.inf"])
+    assert {p.path: p.message for p in problems} == {"training.lr": "must be a finite number (got nan)",
+                                                     "training.max_grad_norm": "must be a finite number (got inf)"}
 
 
 def test_invalid_yaml_names_line_and_column(tmp_path):
@@ -488,7 +516,7 @@ def test_check_files_false_skips_file_checks(minimal, tmp_path):
     ("a: &x [*x]\n", "refers to itself"),
     ("a: &a [" + ",".join(["x"] * 20) + "]\n"
      + "".join(f"{n}: &{n} [" + ",".join([f"*{p}"] * 20) + "]\n" for p, n in zip("abcd", "bcde")),
-     "expands to more than"),
+     "once its YAML aliases are expanded"),
 ])
 def test_hostile_yaml_is_refused_with_a_sentence(tmp_path, text, expected):
     from orchestrator.spec import SpecError, load_spec
