@@ -11,8 +11,10 @@ The controller is reached only through Ray (a named actor); no port of its own i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,28 +28,69 @@ class ControllerUnavailable(Exception):
     """No Ray cluster or controller to talk to; the message says how to start one."""
 
 
-def connect(address: str | None = None, start_ray: bool = True, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, start_ray: bool = True, num_cpus: int | None = None,
+            port: int | None = None) -> None:
     """Join the Ray cluster at `address` (default $RAY_ADDRESS or the local one); with
-    `start_ray`, start a local head node when there is none."""
+    `start_ray`, start a local head node (on `port`, default Ray's 6379) when there is none."""
     import ray
 
     if ray.is_initialized():
         return
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
-        ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+        with _quiet_stderr() as said:
+            ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
         return
     except ConnectionError:
+        if _needs_token(said()):
+            raise ControllerUnavailable(f"the Ray cluster at {target} requires token authentication; set "
+                                        "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or "
+                                        "RAY_AUTH_TOKEN_PATH) and try again") from None
         if not start_ray or target != "auto":
             raise ControllerUnavailable(f"no Ray cluster at {target}; start one (ray start --head) or leave "
                                         f"--address out to start a local one") from None
     cmd = ["ray", "start", "--head", "--include-dashboard=false", "--disable-usage-stats"]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
+    if port:
+        cmd += ["--port", str(port)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise ControllerUnavailable(f"could not start a local Ray head: {done.stderr.strip()[-400:]}")
+        said = done.stderr + done.stdout
+        if "already used" in said or "occupied" in said or "Address already in use" in said:
+            raise ControllerUnavailable(f"port {port or 6379} is taken (another user's Ray, or another program); "
+                                        "start ftctl's head on a free one: ftctl controller start --port 6390")
+        last = next((line.strip() for line in reversed(said.splitlines()) if line.strip()), "no output")
+        raise ControllerUnavailable(f"could not start a local Ray head ({last[:300]}); `ray start --head` "
+                                    "shows the whole error")
     ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+
+
+def _needs_token(said: str) -> bool:
+    """Whether Ray's client was turned away for lack of the cluster's auth token (Ray says so
+    only in its C++ log lines, and raises a plain ConnectionError)."""
+    return "Unauthenticated" in said or "InvalidAuthToken" in said
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Keep what Ray's C++ core writes to fd 2 while connecting (retries, auth notices) out of
+    the user's terminal; yields a function returning what was written."""
+    import tempfile
+
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: "".join(captured)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
 
 
 def controller(start: bool = True, home: Path | None = None, **options: Any):

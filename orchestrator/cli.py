@@ -387,12 +387,17 @@ def cmd_cancel(job_id: str, address: str | None) -> int:
                                                       if c.status(job_id)["state"] == "RUNNING" else ""), start=False)
 
 
-def cmd_controller(action: str, address: str | None, num_cpus: int | None, quotas: list[str]) -> int:
+def cmd_controller(action: str, address: str | None, num_cpus: int | None, quotas: list[str],
+                   port: int | None = None) -> int:
     """Start, stop or show the controller (a detached Ray actor on the cluster's head node)."""
     import json
 
     from orchestrator.api import Client, ControllerUnavailable, connect, stop_controller
 
+    if port is not None and not 1024 <= port <= 65535:
+        return refuse([f"--port must be a port number from 1024 to 65535 (got {port})"])
+    if num_cpus is not None and num_cpus < 1:
+        return refuse([f"--num-cpus must be at least 1 (got {num_cpus})"])
     limits = {}
     for item in quotas:
         team, _, amount = item.partition("=")
@@ -409,7 +414,7 @@ def cmd_controller(action: str, address: str | None, num_cpus: int | None, quota
                           else "no controller was running")
             return EXIT_OK
         if action == "start":
-            connect(address, start_ray=True, num_cpus=num_cpus)
+            connect(address, start_ray=True, num_cpus=num_cpus, port=port)
         client = Client(address=address, start=action == "start", **({"quotas": limits} if limits else {}))
         console.print(json.dumps(client.info(), indent=2))
         return EXIT_OK
@@ -647,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--address", default=None, help="Ray address (start: a local head is started when none runs)")
     p.add_argument("--num-cpus", type=int, default=None, help="start: CPUs of the local head it starts")
+    p.add_argument("--port", type=int, default=None,
+                   help="start: port of the local head it starts (default 6379; pick another when that one is taken)")
     p.add_argument("--quota", action="append", default=[], metavar="TEAM=CPUS[:GPUS]",
                    help="start: the most a team's running jobs may hold together (repeatable)")
 
@@ -707,7 +714,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": lambda a: cmd_status(a.job_id, a.address, a.as_json),
     "logs": lambda a: cmd_logs(a.job_id, a.follow, a.address),
     "cancel": lambda a: cmd_cancel(a.job_id, a.address),
-    "controller": lambda a: cmd_controller(a.action, a.address, a.num_cpus, a.quota),
+    "controller": lambda a: cmd_controller(a.action, a.address, a.num_cpus, a.quota, a.port),
     "demo-data": lambda a: cmd_demo_data(a.out_dir),
     "build-base": lambda a: cmd_build_base(),
 }

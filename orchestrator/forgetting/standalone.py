@@ -20,7 +20,7 @@ def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_e
               max_drop: float | None) -> JobSpec:
     """A job holding just what evaluation needs: the model and the forgetting tasks, from
     `job`'s forgetting section or from `name=path` / `path` entries."""
-    from orchestrator.spec import load_spec, resolve_spec
+    from orchestrator.spec import SpecError, load_spec, resolve_spec
 
     if job is not None:
         overrides = ([f"model.path={model}"] if model else []) + \
@@ -37,7 +37,22 @@ def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_e
         entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples})
     raw = {"name": "eval", "model": {"path": model}, "data": {"train": {"path": entries[0]["path"]}},
            "forgetting": {"tasks": entries, "max_drop": max_drop}}
-    return resolve_spec(raw)
+    try:
+        return resolve_spec(raw)
+    except SpecError as err:
+        # data.train is a stand-in (a job needs one): its problems are the first task's, said once,
+        # and each task's problems name the --tasks item the user wrote.
+        raise SpecError([_as_tasks_problem(p, tasks) for p in err.problems
+                         if not p.path.startswith("data.train")]) from None
+
+
+def _as_tasks_problem(problem, tasks: list[str]):
+    from orchestrator.spec.problems import Problem
+
+    found = re.match(r"^forgetting\.tasks\.(\d+)\.", problem.path or "")
+    if not found:
+        return problem
+    return Problem(f"--tasks {tasks[int(found.group(1))]}", problem.message, problem.hint)
 
 
 def evaluate_standalone(spec: JobSpec, adapter: Path | None, progress=lambda _m: None) -> dict[str, Any]:
@@ -46,12 +61,13 @@ def evaluate_standalone(spec: JobSpec, adapter: Path | None, progress=lambda _m:
     import transformers
     from accelerate import Accelerator
 
-    from orchestrator.models.build import load_tokenizer, resolve_model_dir
+    from orchestrator.models.build import check_weights, load_tokenizer, resolve_model_dir
     from orchestrator.training.evaluation import evaluate_forgetting
     from orchestrator.training.run import _forgetting_task
 
     transformers.utils.logging.disable_progress_bar()
     model_dir = resolve_model_dir(spec.model, progress=progress)
+    check_weights(model_dir)
     tokenizer = load_tokenizer(model_dir, spec.model)
     tasks = [_forgetting_task(task, spec, tokenizer) for task in spec.forgetting.tasks]
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

@@ -41,6 +41,23 @@ def resolve_model_dir(model: ModelSpec, progress=None) -> str:
     return loc.value
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weights(model_dir: str) -> None:
+    """A local model dir must hold safetensors weights: pickle files are refused before any
+    worker starts (unpickling can run code), with how to convert them."""
+    root = Path(model_dir)
+    if not root.is_dir() or any(root.glob("*.safetensors")):
+        return
+    pickled = sorted(f.name for f in root.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    fix = "save it with save_pretrained(dir, safe_serialization=True) and point model.path at that dir"
+    if pickled:
+        raise ModelError(f"model dir '{model_dir}' holds its weights only as pickle files ({', '.join(pickled[:2])}); "
+                         f"ftctl loads safetensors only, since unpickling a file can run code: {fix}")
+    raise ModelError(f"model dir '{model_dir}' holds no weights (model.safetensors): {fix}")
+
+
 def check_method_fits_model(spec: JobSpec, model_dir: str) -> None:
     """Checks that need the model's config, done on the driver before any worker starts."""
     from transformers import AutoConfig
@@ -102,6 +119,8 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
         return model, count_params(model)
     if spec.method.kind == "qlora":
         kwargs["quantization_config"] = bnb_config(spec.method)
+    if Path(model_dir).is_dir():  # never unpickle a local dir's weights (validation said so already)
+        kwargs["use_safetensors"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except OSError as err:

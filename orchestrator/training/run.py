@@ -95,7 +95,7 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
                                        "checkpoint": result.get("checkpoint"), "preemption": preemption.report(),
                                        "restarts": restarts(run_dir, config["job_token"])}, started)
         console.print(f"[yellow]preempted[/yellow] at step {result.get('steps')}; checkpoint {result.get('checkpoint')}; "
-                      f"continue with: ftctl resume {run_dir}")
+                      f"continue with: ftctl resume {job_id or run_dir}")
         return EXIT_PREEMPTED
     summary = finish_job(spec, run_dir, result, started, console, config)
     return {"succeeded": EXIT_OK, "stopped_by_gate": EXIT_GATE}.get(summary["status"], EXIT_FAILED)
@@ -211,13 +211,15 @@ def prepare_job(spec: JobSpec, run_dir: Path, console: Console) -> dict[str, Any
 
     from orchestrator.data.errors import DataError
     from orchestrator.data.pipeline import mix_replay, prepare_dataset
-    from orchestrator.models.build import ModelError, check_method_fits_model, load_tokenizer, resolve_model_dir
+    from orchestrator.models.build import (ModelError, check_method_fits_model, check_weights, load_tokenizer,
+                                           resolve_model_dir)
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     try:
         with console.status(f"resolving model {spec.model.path}") as status:
             model_dir = resolve_model_dir(spec.model, progress=lambda m: status.update(f"building {spec.model.path}: {m}"))
+            check_weights(model_dir)
             tokenizer = load_tokenizer(model_dir, spec.model)
             check_method_fits_model(spec, model_dir)
         with console.status("preparing data"):

@@ -190,3 +190,34 @@ def test_200_concurrent_submissions_all_end_accounted_for(controller):
     assert len(client.list()) == 200
     for f in finals:
         assert [p.name for p in (Path(f["run_dir"]) / "controller").glob("exit-*.json")] == ["exit-1.json"]
+
+
+def test_what_the_controller_refuses_is_one_line_without_a_traceback(controller, capsys, tmp_path, monkeypatch):
+    controller(noop_seconds=0.5)
+    refresh_job = str(REPO / "configs" / "refresh-nightly.yaml")
+    cases = [(["status", "nope"], "no job 'nope'"), (["cancel", "nope"], "no job 'nope'"),
+             (["schedule", "show", "a-b"], "no schedule named 'a-b'"),
+             (["schedule", "add", "a/b", "--cron", "0 3 * * *", "--job", refresh_job], "schedule name 'a/b'")]
+    assert main(["schedule", "add", "twice", "--cron", "0 3 * * *", "--job", refresh_job]) == 0
+    cases.append((["schedule", "add", "twice", "--cron", "0 4 * * *", "--job", refresh_job], "twice"))
+    capsys.readouterr()
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        out = capsys.readouterr()
+        assert words in out.err, (argv, out.err)
+        assert "Traceback" not in out.err + out.out and "File \"" not in out.err, argv
+        assert len(out.err.strip().splitlines()) == 1, (argv, out.err)
+
+
+def test_submit_stores_data_paths_resolved_where_it_was_validated(controller, tmp_path, monkeypatch):
+    """The controller runs jobs from its own directory: a relative path must not reach it."""
+    from orchestrator.controller.store import SQLiteJobStore, store_file
+    from orchestrator.models.tiny.demo_data import write_demo_data
+
+    client = controller(noop_seconds=0.5)
+    write_demo_data(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    record = client.submit(QUICKSTART, [*SMALL, "data.train.path=data/target_train.jsonl"])
+    stored = SQLiteJobStore(store_file(tmp_path / "home")).get(record["id"]).spec
+    assert stored["data"]["train"]["path"] == str(tmp_path / "data" / "target_train.jsonl")
+    assert client.wait(record["id"], timeout=60)["state"] == "SUCCEEDED"
