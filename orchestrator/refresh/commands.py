@@ -396,7 +396,10 @@ def cmd_schedule_simple(action: str, name: str, address: str | None) -> int:
         else:
             job_id = client.schedule_run_now(name)
             note = client.schedule(name)["firings"][-1]["note"]
-            console.print(f"{name}: queued {job_id} ({note})" if job_id else f"{name}: nothing queued: {note}")
+            if not job_id:
+                err_console.print(f"[red]✗[/red] {name}: nothing queued: {escape(note)}", soft_wrap=True)
+                return EXIT_FAILED
+            console.print(f"{name}: queued {job_id} ({note})")
 
     return _with_schedules(address, act)
 

@@ -216,6 +216,10 @@ def test_schedules_through_the_controller_actor(local_ray, tmp_path, monkeypatch
         (firing,) = client.schedule("nightly")["firings"]
         assert firing["kind"] == "manual" and firing["job_id"] == job_id and "first version" in firing["note"]
         assert main(["schedule", "show", "nightly"]) == 0 and main(["schedule", "list"]) == 0
+        # A firing that finds no data queues nothing, and run-now says so with exit 1.
+        (tmp_path / "data" / "nightly" / "a.jsonl").unlink()
+        assert main(["schedule", "run-now", "nightly"]) == 1
+        assert client.schedule("nightly")["firings"][-1]["job_id"] is None
         assert main(["schedule", "remove", "nightly"]) == 0
         assert client.schedules() == [] and main(["schedule", "remove", "nightly"]) == 2
         assert spec["id"] == job_id
