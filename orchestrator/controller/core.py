@@ -19,9 +19,10 @@ from typing import Any, Callable, Protocol
 
 from orchestrator.controller import policy
 from orchestrator.controller.runner import read_exit
-from orchestrator.controller.scheduler import Resources, never_fits, plan
-from orchestrator.controller.states import JobState
-from orchestrator.controller.store import JobRecord, SQLiteJobStore, StaleUpdate
+from orchestrator.controller.scheduler import never_fits, plan
+from orchestrator.store.jobs import JobRecord, SQLiteJobStore, StaleUpdate
+from orchestrator.store.resources import Resources
+from orchestrator.store.states import JobState
 
 ACTIVE = (JobState.STARTING, JobState.RUNNING)
 
@@ -57,8 +58,8 @@ class ControllerSettings:
 class Controller:
     def __init__(self, store: SQLiteJobStore, launcher: Launcher, capacity: Callable[[], Resources],
                  run_root: Path, settings: ControllerSettings | None = None, clock: Callable[[], float] = time.time):
-        from orchestrator.refresh.registry import Registry
-        from orchestrator.refresh.schedules import ScheduleStore
+        from orchestrator.store.registry import Registry
+        from orchestrator.store.schedules import ScheduleStore
 
         self.store = store
         self.schedules = ScheduleStore(store)
@@ -141,8 +142,9 @@ class Controller:
 
     def fire_schedules(self) -> list[str]:
         """Fire every schedule whose slot has come (see refresh.schedules.due); the job ids queued."""
-        from orchestrator.refresh.cron import parse_cron
-        from orchestrator.refresh.schedules import ScheduleError, due
+        from orchestrator.cron import parse_cron
+        from orchestrator.refresh.schedules import due
+        from orchestrator.store.schedules import ScheduleError
 
         fired = []
         now = self.clock()

@@ -21,9 +21,9 @@ from orchestrator.spec.models import JobSpec
 def open_registry(store: str | None = None):
     """The registry in the JobStore file `store`; default $FTCTL_REGISTRY, else the
     controller's file in $FTCTL_HOME."""
-    from orchestrator.controller.store import SQLiteJobStore, store_file
-    from orchestrator.refresh.registry import Registry
     from orchestrator.spec.paths import ftctl_home
+    from orchestrator.store.jobs import SQLiteJobStore, store_file
+    from orchestrator.store.registry import Registry
 
     return Registry(SQLiteJobStore(store or os.environ.get("FTCTL_REGISTRY") or store_file(ftctl_home())))
 

@@ -14,14 +14,11 @@ from typing import Callable, Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from orchestrator.exitcodes import ExitCode
+
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INVALID = 2
-EXIT_WONT_FIT = 3
-EXIT_GATE = 4
 
 
 def cmd_validate(job: Path, overrides: list[str]) -> int:
@@ -32,10 +29,10 @@ def cmd_validate(job: Path, overrides: list[str]) -> int:
         spec = load_spec(job, overrides)
     except SpecError as err:
         print_problems(job, err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     console.print(f"[green]✓[/green] {job} is valid: job '{spec.name}', method {spec.method.kind}, "
                   f"{spec.resources.workers} worker(s), strategy {spec.resources.strategy}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str | None,
@@ -47,7 +44,7 @@ def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str 
         spec = load_spec(job, overrides)
     except SpecError as err:
         print_problems(job, err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     from orchestrator.training.run import run_job
 
     return run_job(spec, run_dir=run_dir, address=address, console=console, force_resume=force_resume)
@@ -69,21 +66,21 @@ def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: 
     job = run_dir / "job.yaml"
     if not job.is_file():
         err_console.print(f"[red]✗[/red] {run_dir} is not a run dir (no job.yaml); resume takes the dir `ftctl run` wrote")
-        return EXIT_INVALID
+        return ExitCode.INVALID
     extra = ["checkpoint.resume=auto"]
     if workers is not None:
         info = latest_complete_checkpoint(run_dir / "checkpoints", warn=lambda _m: None,
                                           verify=verify_training_checkpoint)
         if info is None:
             err_console.print(f"[red]✗[/red] {run_dir} has no usable checkpoint to resume on {workers} worker(s)")
-            return EXIT_FAILED
+            return ExitCode.FAILED
         saved = read_trainer_state(info.path)["spec"]
         shape = keep_global_batch(saved, workers)
         if shape is None:
             err_console.print(f"[red]✗[/red] the saved global batch cannot be split over {workers} worker(s) with "
                               f"per_device_batch_size {saved['training']['per_device_batch_size']}; set "
                               f"resources.workers and training.* overrides yourself and pass --force")
-            return EXIT_INVALID
+            return ExitCode.INVALID
         extra += [f"{k}={v}" for k, v in shape.items()]
         console.print(f"keeping the global batch on {workers} worker(s): grad_accum_steps "
                       f"{saved['training']['grad_accum_steps']} -> {shape['training.grad_accum_steps']}")
@@ -99,13 +96,13 @@ def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) 
 
     if gpu_memory_gib is not None and gpu_memory_gib <= 0:
         err_console.print(f"[red]✗[/red] --gpu-memory must be a positive number of GiB, not {gpu_memory_gib:g}")
-        return EXIT_INVALID
+        return ExitCode.INVALID
     try:
         spec = load_spec(job, overrides)
     except SpecError as err:
         if any(NOT_YET_AVAILABLE not in p.message for p in err.problems):
             print_problems(job, err)
-            return EXIT_INVALID
+            return ExitCode.INVALID
         # Valid, but not runnable by this version yet: its memory can still be planned.
         spec = JobSpec.model_validate(apply_overrides(read_job_file(job), overrides)[0])
         for p in err.problems:
@@ -117,7 +114,7 @@ def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) 
         est = estimate_memory(spec, model_shape(spec.model.path, spec.model.revision), gpu_memory_gib)
     except ModelShapeError as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
     from rich.table import Table
 
@@ -140,13 +137,13 @@ def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) 
         console.print(f"  [dim]- {escape(note)}[/dim]", soft_wrap=True)
     if est.budget is None:
         console.print("estimate of each CPU worker's RAM; pass --gpu-memory GiB for a verdict against a budget")
-        return EXIT_OK
+        return ExitCode.OK
     budget = f"{est.budget / GiB:g} GiB" + (" per GPU" if est.on_gpu else " of RAM per worker")
     if est.fits:
         console.print(f"[green]✓[/green] fits: about {est.total / GiB:.1f} GiB of {budget}")
-        return EXIT_OK
+        return ExitCode.OK
     err_console.print(f"[red]✗[/red] does not fit: needs about {est.total / GiB:.1f} GiB, {budget} available")
-    return EXIT_WONT_FIT
+    return ExitCode.WONT_FIT
 
 
 def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Path | None, metric: str,
@@ -159,20 +156,20 @@ def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Pat
     if not tasks and job is None:
         err_console.print("[red]✗[/red] name the tasks: --tasks PATH|NAME=PATH ..., or --job JOB.yaml to use its "
                           "forgetting.tasks")
-        return EXIT_INVALID
+        return ExitCode.INVALID
     if job is None and model is None:
         err_console.print("[red]✗[/red] --model is needed without --job")
-        return EXIT_INVALID
+        return ExitCode.INVALID
     from orchestrator.forgetting.standalone import eval_spec, evaluate_standalone
 
     try:
         spec = eval_spec(model, tasks, job, metric, max_examples, max_drop)
     except SpecError as err:
         print_problems(job or Path("--tasks"), err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         err_console.print(f"[red]✗[/red] {adapter} is not a PEFT adapter dir (no adapter_config.json)")
-        return EXIT_INVALID
+        return ExitCode.INVALID
     from orchestrator.data.errors import DataError
     from orchestrator.forgetting.gates import check_gates, gates_of
     from orchestrator.forgetting.report import build_forgetting_report, forgetting_table
@@ -183,7 +180,7 @@ def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Pat
             values = evaluate_standalone(spec, adapter, progress=status.update)
     except (ModelError, DataError) as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     after = values["adapted"] or values["base"]
     report = build_forgetting_report(spec, [{"step": 0, **values["base"]}, {"step": 1, **after}])
     title = f"{spec.model.path}" + (f" + {adapter}" if adapter else "") + ": held-out source tasks"
@@ -195,7 +192,7 @@ def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Pat
     for trip in trips:
         err_console.print(f"[red]✗ gate:[/red] {trip.task} {trip.metric} {trip.base:.3f} -> {trip.value:.3f} "
                           f"(drop {trip.drop:.3f} > max_drop {trip.max_drop:g})")
-    return EXIT_GATE if trips else EXIT_OK
+    return ExitCode.GATE if trips else ExitCode.OK
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -210,7 +207,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.weight and len(args.weight) != len(args.adapter):
         err_console.print(f"[red]✗[/red] {len(args.adapter)} --adapter but {len(args.weight)} --weight; give one "
                           f"--weight per --adapter, or none (1.0 each)")
-        return EXIT_INVALID
+        return ExitCode.INVALID
     try:
         with console.status("preparing the merge") as status:
             request = build_request(
@@ -223,14 +220,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
         if args.json is not None:
             args.json.write_text(json.dumps(err.report, indent=2))
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except (MergeError, SpecError) as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     if args.json is not None:
         args.json.write_text(json.dumps(manifest, indent=2))
     print_merge(manifest)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def print_merge(manifest: dict) -> None:
@@ -271,18 +268,18 @@ def _with_client(address: str | None, action: Callable, start: bool = True) -> i
     """Run `action` with a controller client; what the controller refuses (an unknown job,
     a job in the wrong state) is one line and exit 2, an unreachable controller exit 1."""
     from orchestrator.api import Client, ControllerUnavailable
-    from orchestrator.controller.store import StaleUpdate
+    from orchestrator.store.jobs import StaleUpdate
 
     try:
         client = Client(address=address, start=start)
         result = action(client)
     except ControllerUnavailable as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except (KeyError, ValueError, StaleUpdate) as err:
         err_console.print(f"[red]✗[/red] {escape(error_text(err))}", soft_wrap=True)
-        return EXIT_INVALID
-    return EXIT_OK if result is None else result
+        return ExitCode.INVALID
+    return ExitCode.OK if result is None else result
 
 
 def error_text(err: BaseException) -> str:
@@ -293,7 +290,7 @@ def error_text(err: BaseException) -> str:
 def _print_job(record: dict, note: str = "") -> int:
     console.print(f"{record['id']}: {record['state']}" + (f" ({escape(record['reason'])})" if record.get("reason") else "")
                   + (f"; {note}" if note else ""), soft_wrap=True)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_submit(job: Path, overrides: list[str], priority: int, team: str, address: str | None, wait: bool) -> int:
@@ -304,18 +301,18 @@ def cmd_submit(job: Path, overrides: list[str], priority: int, team: str, addres
         load_spec(job, overrides)
     except SpecError as err:
         print_problems(job, err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
 
     def submit(client) -> int:
         record = client.submit(job, overrides, priority=priority, team=team)
         _print_job(record, f"run dir {record['run_dir']}")
         if record["state"] == "REJECTED":
-            return EXIT_WONT_FIT
+            return ExitCode.WONT_FIT
         if not wait:
-            return EXIT_OK
+            return ExitCode.OK
         final = client.wait(record["id"])
         _print_job(final)
-        return {"SUCCEEDED": EXIT_OK, "CANCELLED": 130}.get(final["state"], EXIT_FAILED)
+        return {"SUCCEEDED": ExitCode.OK, "CANCELLED": ExitCode.INTERRUPTED}.get(final["state"], ExitCode.FAILED)
 
     return _with_client(address, submit)
 
@@ -406,21 +403,21 @@ def cmd_controller(action: str, address: str | None, num_cpus: int | None, quota
             limits[team] = {"cpus": float(cpus), "gpus": float(gpus or 0)}
         except ValueError:
             err_console.print(f"[red]✗[/red] --quota {item!r}: write TEAM=CPUS or TEAM=CPUS:GPUS, e.g. research=8:2")
-            return EXIT_INVALID
+            return ExitCode.INVALID
     try:
         if action == "stop":
             connect(address, start_ray=False)
             console.print("controller stopped (job records and running jobs are kept)" if stop_controller()
                           else "no controller was running")
-            return EXIT_OK
+            return ExitCode.OK
         if action == "start":
             connect(address, start_ray=True, num_cpus=num_cpus, port=port)
         client = Client(address=address, start=action == "start", **({"quotas": limits} if limits else {}))
         console.print(json.dumps(client.info(), indent=2))
-        return EXIT_OK
+        return ExitCode.OK
     except ControllerUnavailable as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
 
 def cmd_launch_k8s(job: Path, overrides: list[str], image: str, namespace: str, workers: int | None,
@@ -438,14 +435,14 @@ def cmd_launch_k8s(job: Path, overrides: list[str], image: str, namespace: str, 
         spec = load_spec(job, overrides, check_files=False)  # the files live on the cluster
     except SpecError as err:
         print_problems(job, err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     refs = []
     for item in secrets:
         env, _, ref = item.partition("=")
         secret, _, key = ref.partition(":")
         if not (env and secret and key):
             err_console.print(f"[red]✗[/red] --secret {item!r}: write ENV=SECRET:KEY, e.g. HF_TOKEN=hf-token:token")
-            return EXIT_INVALID
+            return ExitCode.INVALID
         refs.append(SecretRef(env, secret, key))
     options = K8sOptions(image=image, namespace=namespace, workers=workers, gpus_per_worker=gpus_per_worker,
                          pvc=pvc, cron=cron, **({"secrets": tuple(refs)} if refs else {}))
@@ -455,11 +452,11 @@ def cmd_launch_k8s(job: Path, overrides: list[str], image: str, namespace: str, 
         return refuse(err.problems)
     if not apply:
         sys.stdout.write(text)
-        return EXIT_OK
+        return ExitCode.OK
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         err_console.print("[red]✗[/red] --apply needs kubectl on PATH; without --apply the manifests are printed")
-        return EXIT_FAILED
+        return ExitCode.FAILED
     return subprocess.run([kubectl, "apply", "-f", "-"], input=text, text=True).returncode
 
 
@@ -477,7 +474,7 @@ def cmd_launch_slurm(job: Path, overrides: list[str], nodes: int, gpus_per_node:
         spec = load_spec(job, overrides)
     except SpecError as err:
         print_problems(job, err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     run_dir = (run_dir or default_run_dir(spec)).resolve()
     options = SlurmOptions(nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node,
                            partition=partition, time=time, account=account, port=port)
@@ -485,23 +482,23 @@ def cmd_launch_slurm(job: Path, overrides: list[str], nodes: int, gpus_per_node:
         script = render_sbatch(spec, job, overrides, run_dir, ftctl_home(), options)
         if not submit:
             sys.stdout.write(script)
-            return EXIT_OK
+            return ExitCode.OK
         job_id = submit_sbatch(script, run_dir)
     except LaunchError as err:
         return refuse(err.problems)
     console.print(f"Slurm job {job_id}: run dir {run_dir}; log {run_dir / 'slurm'}/{spec.name}-{job_id}.out")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_demo_data(out_dir: Path) -> int:
     """Write the demo datasets (target task, held-out source tasks, classification) as JSONL."""
-    from orchestrator.models.tiny.demo_data import write_demo_data
+    from orchestrator.builtin.demo_data import write_demo_data
 
     written = write_demo_data(out_dir)
     for name, path in sorted(written.items()):
         console.print(f"  {name:<24} {path}")
     console.print(f"[green]✓[/green] wrote {len(written)} files to {out_dir}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_build_base() -> int:
@@ -516,14 +513,14 @@ def cmd_build_base() -> int:
     for task, value in report["exact_match"].items():
         console.print(f"  {task:<12} exact match {value:.3f}")
     console.print(f"  target task  exact match {report['target_exact_match']:.3f} (not pre-trained)")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def refuse(problems: list[str]) -> int:
     """Say every problem with the command's options, one line each; exit 2."""
     for problem in problems:
         err_console.print(f"[red]✗[/red] {escape(problem)}", soft_wrap=True)
-    return EXIT_INVALID
+    return ExitCode.INVALID
 
 
 def print_problems(job: Path, err: "Exception") -> None:
@@ -690,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="directory to write JSONL files into")
 
     sub.add_parser("build-base", help=cmd_build_base.__doc__, description=cmd_build_base.__doc__)
-    from orchestrator.refresh.commands import add_parsers
+    from orchestrator.cli.refresh import add_parsers
 
     COMMANDS.update(add_parsers(sub))
     return parser
@@ -725,18 +722,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return EXIT_OK
+        return ExitCode.OK
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]")
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a last guard: users get a sentence, not a traceback
         if args.command == "validate":
             err_console.print(f"[red]✗[/red] could not validate {args.job}: {exc}")
-            return EXIT_INVALID
+            return ExitCode.INVALID
         raise
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,15 +18,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.cli import error_text, print_problems, refuse
+from orchestrator.exitcodes import ExitCode
+
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _store(home: Path | None) -> str | None:
     """The store file under `--home`; None: the default (FTCTL_REGISTRY, else FTCTL_HOME's)."""
-    from orchestrator.controller.store import store_file
+    from orchestrator.store.jobs import store_file
 
     return str(store_file(home)) if home else None
 
@@ -38,17 +39,15 @@ def _registry(home: Path | None):
 
 
 def _guard(action: Callable[[], int | None]) -> int:
-    from orchestrator.refresh.registry import RegistryError
-    from orchestrator.refresh.schedules import ScheduleError
+    from orchestrator.store.registry import RegistryError
+    from orchestrator.store.schedules import ScheduleError
 
     try:
         result = action()
     except (RegistryError, ScheduleError, ValueError, KeyError) as err:
-        from orchestrator.cli import error_text
-
         err_console.print(f"[red]✗[/red] {escape(error_text(err))}", soft_wrap=True)
-        return EXIT_INVALID
-    return EXIT_OK if result is None else result
+        return ExitCode.INVALID
+    return ExitCode.OK if result is None else result
 
 
 # -------------------------------------------------------------------------- adapters
@@ -296,16 +295,16 @@ def _with_schedules(address: str | None, action: Callable[[Any], int | None], st
         return _guard(lambda: action(_client(address, start)))
     except ControllerUnavailable as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}", soft_wrap=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
 
 
 def _refreshable_job(name: str, job: Path, overrides: list[str], cron: str | None = None):
     """The job file as a refreshable JobSpec, or the exit code after saying what is wrong
     (a bad name or cron, an invalid job, or a job with nothing to gate on)."""
-    from orchestrator.refresh.cron import parse_cron
+    from orchestrator.cron import parse_cron
     from orchestrator.refresh.jobs import check_refreshable
-    from orchestrator.refresh.schedules import ScheduleError, check_name
     from orchestrator.spec import SpecError, load_spec
+    from orchestrator.store.schedules import ScheduleError, check_name
 
     try:
         check_name(name)
@@ -313,17 +312,15 @@ def _refreshable_job(name: str, job: Path, overrides: list[str], cron: str | Non
             parse_cron(cron)
         spec = load_spec(job, overrides)
     except SpecError as err:
-        from orchestrator.cli import print_problems
-
         print_problems(job, err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     except (ValueError, ScheduleError) as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}")
-        return EXIT_INVALID
+        return ExitCode.INVALID
     problems = check_refreshable(spec)
     if problems:
         err_console.print(f"[red]✗[/red] {job} cannot be refreshed on a schedule: " + "; ".join(problems))
-        return EXIT_INVALID
+        return ExitCode.INVALID
     return spec
 
 
@@ -398,7 +395,7 @@ def cmd_schedule_simple(action: str, name: str, address: str | None) -> int:
             note = client.schedule(name)["firings"][-1]["note"]
             if not job_id:
                 err_console.print(f"[red]✗[/red] {name}: nothing queued: {escape(note)}", soft_wrap=True)
-                return EXIT_FAILED
+                return ExitCode.FAILED
             console.print(f"{name}: queued {job_id} ({note})")
 
     return _with_schedules(address, act)
@@ -411,7 +408,6 @@ def cmd_schedule_render(name: str, job: Path, overrides: list[str], cron: str, t
     spec = _refreshable_job(name, job, overrides, cron)
     if isinstance(spec, int):
         return spec
-    from orchestrator.cli import refuse
     from orchestrator.launchers.errors import LaunchError
     from orchestrator.launchers.kubernetes import K8sOptions, render_manifests, to_yaml
     from orchestrator.launchers.slurm import render_scrontab
@@ -424,7 +420,7 @@ def cmd_schedule_render(name: str, job: Path, overrides: list[str], cron: str, t
             print(to_yaml(render_manifests(spec, options)))
     except LaunchError as err:
         return refuse(err.problems)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_refresh(name: str, job: Path, overrides: list[str], address: str | None, home: Path | None,
@@ -442,13 +438,11 @@ def cmd_refresh(name: str, job: Path, overrides: list[str], address: str | None,
     try:
         refreshed = refresh_spec(spec.model_dump(mode="json"), name, _registry(home).head(name))
     except SpecError as err:
-        from orchestrator.cli import print_problems
-
         print_problems(job, err)
-        return EXIT_INVALID
+        return ExitCode.INVALID
     except DataError as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}")
-        return EXIT_FAILED
+        return ExitCode.FAILED
     from orchestrator.training.run import default_run_dir, run_job
 
     return run_job(refreshed, run_dir=run_dir or default_run_dir(refreshed), address=address, console=console,
