@@ -111,7 +111,7 @@ def refresh_night(steps: int, work: Path) -> dict:
     from orchestrator.refresh.promote import open_registry
     from orchestrator.spec import resolve_spec
     from orchestrator.spec.paths import demo_data_dir
-    from orchestrator.training.run import run_job
+    from orchestrator.pipeline import run_job
 
     rows = ensure_demo_file(demo_data_dir() / "target_train.jsonl").read_text().splitlines(keepends=True)
     nightly = work / "data" / "nightly"

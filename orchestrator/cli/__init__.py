@@ -45,7 +45,7 @@ def cmd_run(job: Path, overrides: list[str], run_dir: Path | None, address: str 
     except SpecError as err:
         print_problems(job, err)
         return ExitCode.INVALID
-    from orchestrator.training.run import run_job
+    from orchestrator.pipeline import run_job
 
     return run_job(spec, run_dir=run_dir, address=address, console=console, force_resume=force_resume)
 
@@ -468,7 +468,7 @@ def cmd_launch_slurm(job: Path, overrides: list[str], nodes: int, gpus_per_node:
     from orchestrator.launchers.slurm import LaunchError, SlurmOptions, render_sbatch, submit_sbatch
     from orchestrator.spec import SpecError, load_spec
     from orchestrator.spec.paths import ftctl_home
-    from orchestrator.training.run import default_run_dir
+    from orchestrator.pipeline import default_run_dir
 
     try:
         spec = load_spec(job, overrides)

@@ -443,7 +443,7 @@ def cmd_refresh(name: str, job: Path, overrides: list[str], address: str | None,
     except DataError as err:
         err_console.print(f"[red]✗[/red] {escape(str(err))}")
         return ExitCode.FAILED
-    from orchestrator.training.run import default_run_dir, run_job
+    from orchestrator.pipeline import default_run_dir, run_job
 
     return run_job(refreshed, run_dir=run_dir or default_run_dir(refreshed), address=address, console=console,
                    store=_store(home))

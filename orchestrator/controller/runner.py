@@ -93,7 +93,7 @@ def _run(spec_dict: dict, run_dir: Path, address: str | None, job_id: str, store
     from rich.console import Console
 
     from orchestrator.spec import resolve_spec
-    from orchestrator.training.run import run_job
+    from orchestrator.pipeline import run_job
 
     spec = resolve_spec(spec_dict)
     # The log is a file, read by `ftctl logs`: plain lines, no live progress bar.

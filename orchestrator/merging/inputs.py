@@ -63,10 +63,10 @@ def build_request(*, adapters: list[Path], out: Path, base: str | None, weights:
                                    else "instruction")
     if tasks or job is not None:
         from orchestrator.forgetting.standalone import eval_spec
-        from orchestrator.training.run import _forgetting_task
+        from orchestrator.forgetting.tasks import prepare_tasks
 
         spec = eval_spec(str(base_dir), tasks, job if not tasks else None, metric, max_examples, None)
-        req.tasks = [_forgetting_task(t, spec, tokenizer) for t in spec.forgetting.tasks]
+        req.tasks = prepare_tasks(spec, tokenizer)
         req.tokenizer = tokenizer
     return req
 
