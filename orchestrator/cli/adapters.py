@@ -16,7 +16,7 @@ from rich.table import Table
 from orchestrator.cli.adapter_history import diff_versions, history, plot_drift
 from orchestrator.cli.arguments import AS_JSON, HOME, NAME, registry_under
 from orchestrator.cli.command import Arg, Group, command
-from orchestrator.cli.output import console
+from orchestrator.cli.output import console, print_rows
 from orchestrator.cli.refusals import exit_code_of
 
 ADAPTERS = Group("adapters", "The adapter registry: versions, lineage, promotion.", metavar="ACTION")
@@ -35,16 +35,9 @@ def cmd_adapters_list(as_json: bool, home: Path | None) -> int:
             last = versions[-1]
             rows.append({"name": name, "versions": len(versions), "promoted": head.version if head else None,
                          "latest": last.version, "latest_verdict": last.verdict, "latest_reason": last.reason})
-        if as_json:
-            print(json.dumps(rows, indent=2))
-            return
-        table = Table()
-        for column in ("adapter", "versions", "promoted", "latest", "verdict", "reason"):
-            table.add_column(column, overflow="fold")
-        for r in rows:
-            table.add_row(r["name"], str(r["versions"]), f"v{r['promoted']}" if r["promoted"] else "-",
-                          f"v{r['latest']}", r["latest_verdict"], escape(r["latest_reason"]))
-        console.print(table)
+        print_rows(rows, as_json, ("adapter", "versions", "promoted", "latest", "verdict", "reason"),
+                   lambda r: [r["name"], str(r["versions"]), f"v{r['promoted']}" if r["promoted"] else "-",
+                              f"v{r['latest']}", r["latest_verdict"], escape(r["latest_reason"])])
 
     return exit_code_of(show)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from rich.console import Console
 from rich.markup import escape
@@ -41,3 +41,21 @@ def print_problems(job: Path, err: Exception) -> None:
         where = escape(p.path or "(job file)")
         hint = f"  [dim]{escape(p.hint)}[/dim]" if p.hint else ""
         err_console.print(f"  [bold]{where}[/bold]: {escape(p.message)}{hint}", soft_wrap=True)
+
+
+def print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Iterable[str],
+               cells: Callable[[dict[str, Any]], list[str]]) -> None:
+    """`rows` as JSON (for scripts), or as a table with one row of `cells(row)` each."""
+    import json
+
+    from rich.table import Table
+
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*cells(row))
+    console.print(table)

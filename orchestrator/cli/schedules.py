@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
-from rich.table import Table
 
 from orchestrator.cli.arguments import ADDRESS, AS_JSON, HOME, NAME, OVERRIDES, load_job, registry_under, store_under
 from orchestrator.cli.command import Arg, Group, command
-from orchestrator.cli.output import console, fail, print_problems, refuse
+from orchestrator.cli.output import console, fail, print_problems, print_rows, refuse
 from orchestrator.cli.refusals import with_controller
 from orchestrator.exitcodes import ExitCode
 
@@ -87,20 +86,13 @@ def cmd_schedule_add(name: str, cron: str, job: Path, overrides: list[str], miss
 def cmd_schedule_list(as_json: bool, address: str | None) -> int:
     """Schedules, when each fires next, and their latest firings."""
     def show(client) -> None:
-        rows = client.schedules()
-        if as_json:
-            print(json.dumps(rows, indent=2))
-            return
-        table = Table()
-        for column in ("schedule", "cron", "missed", "state", "next", "last firing"):
-            table.add_column(column, overflow="fold")
-        for s in rows:
+        def cells(s: dict) -> list[str]:
             last = s["firings"][-1] if s["firings"] else None
-            table.add_row(s["name"], s["cron"], s["missed"], "paused" if s["paused"] else "active",
-                          slot_time(s["next_slot"]),
-                          f"{slot_time(last['slot'])} {last['kind']} {last['job_id'] or ''} {escape(last['note'])}"
-                          if last else "-")
-        console.print(table)
+            return [s["name"], s["cron"], s["missed"], "paused" if s["paused"] else "active", slot_time(s["next_slot"]),
+                    f"{slot_time(last['slot'])} {last['kind']} {last['job_id'] or ''} {escape(last['note'])}"
+                    if last else "-"]
+
+        print_rows(client.schedules(), as_json, ("schedule", "cron", "missed", "state", "next", "last firing"), cells)
 
     return with_controller(address, show, start=False)
 
