@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.rundir import RunDir
+
 if TYPE_CHECKING:
     from orchestrator.store.registry import Registry
 
@@ -47,7 +49,7 @@ def diff_versions(registry: Registry, name: str, a: int, b: int) -> dict[str, An
     out["data_same"] = ra["data"]["content"] == rb["data"]["content"]
     files_a, files_b = set(ra["data"].get("files") or []), set(rb["data"].get("files") or [])
     out["data_files"] = {"only_a": sorted(files_a - files_b), "only_b": sorted(files_b - files_a)}
-    out["spec"] = _spec_changes(Path(va.run_dir) / "job.yaml", Path(vb.run_dir) / "job.yaml")
+    out["spec"] = _spec_changes(RunDir(va.run_dir).job, RunDir(vb.run_dir).job)
     rows = {r["version"]: r for r in history(registry, name)}
     ha, hb = rows[a], rows[b]
     out["target"] = {"a": ha["target"], "b": hb["target"]}

@@ -12,6 +12,7 @@ from orchestrator.cli.control import print_job
 from orchestrator.cli.output import console, fail, print_problems, refuse
 from orchestrator.cli.refusals import with_controller
 from orchestrator.exitcodes import ExitCode
+from orchestrator.rundir import RunDir
 
 RAY_ADDRESS = Arg("--address", default=None, help="Ray address (default: $RAY_ADDRESS or embedded local Ray)")
 
@@ -66,13 +67,13 @@ def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: 
 
     if workers is not None and workers < 1:
         return refuse([f"--workers must be at least 1 (got {workers})"])
-    job = run_dir / "job.yaml"
+    job = RunDir(run_dir).job
     if not job.is_file():
         return fail(f"{run_dir} is not a run dir (no job.yaml); resume takes the dir `ftctl run` wrote",
                     ExitCode.INVALID)
     extra = ["checkpoint.resume=auto"]
     if workers is not None:
-        info = latest_complete_checkpoint(run_dir / "checkpoints", warn=lambda _m: None,
+        info = latest_complete_checkpoint(RunDir(run_dir).checkpoints, warn=lambda _m: None,
                                           verify=verify_training_checkpoint)
         if info is None:
             return fail(f"{run_dir} has no usable checkpoint to resume on {workers} worker(s)")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol
 from orchestrator.controller import policy
 from orchestrator.controller.runner import read_exit
 from orchestrator.controller.scheduler import never_fits, plan
+from orchestrator.rundir import RunDir
 from orchestrator.store.jobs import JobRecord, SQLiteJobStore, StaleUpdate
 from orchestrator.store.resources import Resources
 from orchestrator.store.states import JobState
@@ -305,7 +306,7 @@ class Controller:
 def _summary(record: JobRecord) -> dict[str, Any] | None:
     import json
 
-    path = Path(record.run_dir) / "summary.json"
+    path = RunDir(record.run_dir).summary
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -373,7 +374,7 @@ class SubprocessLauncher:
         import sys
 
         done = subprocess.run([sys.executable, "-c", _SPAWN, json.dumps(self.command(record)),
-                               str(Path(record.run_dir) / "driver.log")],
+                               str(RunDir(record.run_dir).driver_log)],
                               capture_output=True, text=True, env=_runner_env(), timeout=60)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-300:] or f"exit {done.returncode}")

@@ -9,11 +9,12 @@ from typing import Any
 from orchestrator.merging.adapters import adapter_dir
 from orchestrator.merging.export import MergeRequest
 from orchestrator.merging.merge import MergeError
+from orchestrator.rundir import RunDir
 
 
 def run_job_file(adapter: Path) -> Path | None:
     """The job.yaml of the run an adapter dir belongs to (`<run>/adapter`), if any."""
-    candidate = adapter_dir(adapter).parent / "job.yaml"
+    candidate = RunDir(adapter_dir(adapter).parent).job
     return candidate if candidate.is_file() else None
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.forgetting.measure import Measured
 from orchestrator.refresh.gates import promotion_gates, verdict
+from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 
 
@@ -58,7 +59,7 @@ def register_and_judge(spec: JobSpec, run_dir: Path, summary: dict[str, Any], jo
         out.update(verdict=judged.verdict, reason=judged.reason, previous=previous.version if previous else None,
                    gates=[r.as_dict() for r in results], measured=values,
                    measure_seconds=round(time.perf_counter() - started, 3))
-    _write(run_dir / "promotion.json", out)
+    _write(RunDir(run_dir).promotion, out)
     return out
 
 
@@ -72,7 +73,7 @@ def version_record(spec: JobSpec, run_dir: Path, summary: dict[str, Any]) -> dic
 
     model_dir = resolve_model_dir(spec.model)
     train = spec.data.train
-    report_file = run_dir / "forgetting.json"
+    report_file = RunDir(run_dir).forgetting_json
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     forgetting = {name: {"metric": t["metric"], "base": t["base"], "final": t["final"]}
                   for name, t in (report.get("tasks") or {}).items()}
