@@ -43,9 +43,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from orchestrator.controller.core import Controller, ControllerSettings  # noqa: E402
-from orchestrator.controller.scheduler import Resources, plan  # noqa: E402
-from orchestrator.controller.store import SQLiteJobStore  # noqa: E402
+from orchestrator.controller.scheduler import plan  # noqa: E402
 from orchestrator.spec import load_spec  # noqa: E402
+from orchestrator.store.jobs import SQLiteJobStore  # noqa: E402
+from orchestrator.store.resources import Resources  # noqa: E402
 
 QUICKSTART = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
 TEAMS = ("research", "product", "eval", "infra")

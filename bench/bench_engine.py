@@ -279,17 +279,19 @@ def loop_worker(run_dir: str, steps: int) -> None:
 
     from orchestrator.spec.models import JobSpec
     from orchestrator.training.loop import train_loop_per_worker
-    from orchestrator.training.run import prepare_job
+    from orchestrator.training.prepare import prepare_job
 
     dist.init_process_group("gloo")
+    from orchestrator.rundir import RunDir
+
     spec = JobSpec.model_validate(_overridden_quickstart(steps))
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     config = None
     for rank in range(dist.get_world_size()):  # one rank at a time: the data cache is written once
         if dist.get_rank() == rank:
-            config = prepare_job(spec, Path(run_dir), Console(quiet=True))
+            config = prepare_job(spec, RunDir(Path(run_dir)), Console(quiet=True))
         dist.barrier()
-    train_loop_per_worker(config)
+    train_loop_per_worker(config.to_json())
     dist.destroy_process_group()
 
 

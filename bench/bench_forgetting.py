@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from rich.console import Console  # noqa: E402
 
 from orchestrator.spec import load_spec  # noqa: E402
-from orchestrator.training.run import run_job  # noqa: E402
+from orchestrator.pipeline import run_job  # noqa: E402
 
 QUICKSTART = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
 TASKS = ["arithmetic", "reversal", "sorting", "kv_recall"]

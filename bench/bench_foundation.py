@@ -44,7 +44,7 @@ def bench_cli() -> None:
 def bench_data(n_rows: int = 20000) -> None:
     os.environ["FTCTL_HOME"] = tempfile.mkdtemp(prefix="ftctl-bench-")
     from orchestrator.data.pipeline import prepare_dataset
-    from orchestrator.models.tiny.tasks import TARGET_TASK, generate
+    from orchestrator.builtin.tasks import TARGET_TASK, generate
     from orchestrator.models.tiny.tokenizer import build_tokenizer
     from orchestrator.spec.models import DataSourceSpec, DataSpec
 

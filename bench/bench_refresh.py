@@ -34,10 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from orchestrator.controller.core import Controller  # noqa: E402
-from orchestrator.controller.scheduler import Resources  # noqa: E402
-from orchestrator.controller.store import SQLiteJobStore  # noqa: E402
 from orchestrator.refresh.jobs import absolute_paths  # noqa: E402
 from orchestrator.spec import load_spec  # noqa: E402
+from orchestrator.store.jobs import SQLiteJobStore  # noqa: E402
+from orchestrator.store.resources import Resources  # noqa: E402
 
 JOB = Path(__file__).parents[1] / "configs" / "refresh-nightly.yaml"
 
@@ -111,7 +111,7 @@ def refresh_night(steps: int, work: Path) -> dict:
     from orchestrator.refresh.promote import open_registry
     from orchestrator.spec import resolve_spec
     from orchestrator.spec.paths import demo_data_dir
-    from orchestrator.training.run import run_job
+    from orchestrator.pipeline import run_job
 
     rows = ensure_demo_file(demo_data_dir() / "target_train.jsonl").read_text().splitlines(keepends=True)
     nightly = work / "data" / "nightly"

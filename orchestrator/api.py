@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from orchestrator.controller.actor import NAME, NAMESPACE
+from orchestrator.rundir import RunDir
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
 
@@ -215,7 +216,7 @@ class Client:
 
     def logs(self, job_id: str, follow: bool = False, poll_s: float = 0.5) -> Iterator[str]:
         """The job's driver log (every attempt's, appended); with `follow`, until the job ends."""
-        path = Path(self.status(job_id)["run_dir"]) / "driver.log"
+        path = RunDir(self.status(job_id)["run_dir"]).driver_log
         offset = 0
         while True:
             if path.is_file():

@@ -18,26 +18,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import fsspec
-from fsspec.core import split_protocol, url_to_fs
+from fsspec.core import url_to_fs
 
 from orchestrator.checkpoint.store import _STEP_DIR, MANIFEST, CheckpointError, verify_checkpoint
-
-
-def check_uri(uri: str) -> str | None:
-    """None if fsspec can open this URI's protocol; else the problem. Touches no network."""
-    protocol = split_protocol(uri)[0] or "file"
-    try:
-        fsspec.get_filesystem_class(protocol)
-    except ValueError:
-        return f"unknown storage protocol {protocol}:// in '{uri}'"
-    except ImportError as err:
-        missing = getattr(err.__cause__, "name", None)
-        if not missing:
-            return f"{protocol}:// cannot be used here: {err}"
-        package = missing.split(".")[0]
-        return f"{protocol}:// needs the {package} package (pip install {package})"
-    return None
 
 
 class Mirror:

@@ -20,8 +20,8 @@ class ControllerActor:
         import ray
 
         from orchestrator.controller.core import Controller, ControllerSettings, SubprocessLauncher
-        from orchestrator.controller.scheduler import Resources
-        from orchestrator.controller.store import SQLiteJobStore, store_file
+        from orchestrator.store.jobs import SQLiteJobStore, store_file
+        from orchestrator.store.resources import Resources
 
         self.home = Path(home)
         db = store_file(self.home)
@@ -48,7 +48,7 @@ class ControllerActor:
 
     # Every method returns plain data: the SDK may run in another Python.
     def submit(self, name: str, spec: dict, cpus: float, gpus: float, priority: int, team: str) -> dict[str, Any]:
-        from orchestrator.controller.scheduler import Resources
+        from orchestrator.store.resources import Resources
 
         record = self.controller.submit(name, spec, Resources(cpus, gpus), priority, team)
         self.wake.set()
@@ -58,7 +58,7 @@ class ControllerActor:
         return self.controller.status(job_id)
 
     def list(self, states: list[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        from orchestrator.controller.states import JobState
+        from orchestrator.store.states import JobState
 
         chosen = [JobState(s) for s in states] if states else None
         return [r.as_dict() for r in self.controller.store.list(chosen, limit)]
@@ -117,7 +117,7 @@ def cluster_capacity():
     """All CPUs and GPUs the Ray cluster has now (a lost node shrinks it)."""
     import ray
 
-    from orchestrator.controller.scheduler import Resources
+    from orchestrator.store.resources import Resources
 
     total = ray.cluster_resources()
     return Resources(float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0)))

@@ -19,9 +19,11 @@ from typing import Any, Callable, Protocol
 
 from orchestrator.controller import policy
 from orchestrator.controller.runner import read_exit
-from orchestrator.controller.scheduler import Resources, never_fits, plan
-from orchestrator.controller.states import JobState
-from orchestrator.controller.store import JobRecord, SQLiteJobStore, StaleUpdate
+from orchestrator.controller.scheduler import never_fits, plan
+from orchestrator.rundir import RunDir
+from orchestrator.store.jobs import JobRecord, SQLiteJobStore, StaleUpdate
+from orchestrator.store.resources import Resources
+from orchestrator.store.states import JobState
 
 ACTIVE = (JobState.STARTING, JobState.RUNNING)
 
@@ -57,8 +59,8 @@ class ControllerSettings:
 class Controller:
     def __init__(self, store: SQLiteJobStore, launcher: Launcher, capacity: Callable[[], Resources],
                  run_root: Path, settings: ControllerSettings | None = None, clock: Callable[[], float] = time.time):
-        from orchestrator.refresh.registry import Registry
-        from orchestrator.refresh.schedules import ScheduleStore
+        from orchestrator.store.registry import Registry
+        from orchestrator.store.schedules import ScheduleStore
 
         self.store = store
         self.schedules = ScheduleStore(store)
@@ -141,8 +143,9 @@ class Controller:
 
     def fire_schedules(self) -> list[str]:
         """Fire every schedule whose slot has come (see refresh.schedules.due); the job ids queued."""
-        from orchestrator.refresh.cron import parse_cron
-        from orchestrator.refresh.schedules import ScheduleError, due
+        from orchestrator.cron import parse_cron
+        from orchestrator.refresh.schedules import due
+        from orchestrator.store.schedules import ScheduleError
 
         fired = []
         now = self.clock()
@@ -303,7 +306,7 @@ class Controller:
 def _summary(record: JobRecord) -> dict[str, Any] | None:
     import json
 
-    path = Path(record.run_dir) / "summary.json"
+    path = RunDir(record.run_dir).summary
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -371,7 +374,7 @@ class SubprocessLauncher:
         import sys
 
         done = subprocess.run([sys.executable, "-c", _SPAWN, json.dumps(self.command(record)),
-                               str(Path(record.run_dir) / "driver.log")],
+                               str(RunDir(record.run_dir).driver_log)],
                               capture_output=True, text=True, env=_runner_env(), timeout=60)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-300:] or f"exit {done.returncode}")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.controller.states import JobState
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_GATE, EXIT_PREEMPTED = 0, 1, 2, 4, 75
+from orchestrator.exitcodes import ExitCode
+from orchestrator.store.states import JobState
 
 
 @dataclass(frozen=True)
@@ -36,16 +35,16 @@ class Decision:
 
 def after_runner(end: RunnerEnd, attempts: int, max_attempts: int) -> Decision:
     """`attempts`: starts so far, this one included; `max_attempts`: the most a job gets."""
-    if end.code == EXIT_OK or (end.code is None and end.summary_status == "succeeded"):
+    if end.code == ExitCode.OK or (end.code is None and end.summary_status == "succeeded"):
         # Finished before a cancel could stop it: what happened is that it succeeded.
         return Decision(JobState.SUCCEEDED, "the job finished")
     if end.cancel_requested:
         return Decision(JobState.CANCELLED, "cancelled on request", counts_as_attempt=False)
-    if end.code == EXIT_GATE or end.summary_status == "stopped_by_gate":
+    if end.code == ExitCode.GATE or end.summary_status == "stopped_by_gate":
         return Decision(JobState.FAILED, "a forgetting gate stopped the job (see forgetting.json)")
-    if end.code == EXIT_INVALID:
+    if end.code == ExitCode.INVALID:
         return Decision(JobState.FAILED, "the job file is invalid (see the log)")
-    if end.code == EXIT_PREEMPTED or (end.code is None and end.summary_status == "preempted"):
+    if end.code == ExitCode.PREEMPTED or (end.code is None and end.summary_status == "preempted"):
         # Saved a checkpoint on SIGTERM: resuming is the point, and it was not its fault.
         return Decision(JobState.RETRYING, "preempted after a checkpoint; re-queued to resume",
                         counts_as_attempt=False)
@@ -66,7 +65,8 @@ def on_controller_start(state: JobState, runner_alive: bool, end: RunnerEnd, att
         return None
     if runner_alive:
         return None  # adopt it: the runner kept going while the controller was away
-    if end.code not in (EXIT_OK, EXIT_INVALID, EXIT_GATE, EXIT_PREEMPTED) and end.summary_status != "succeeded":
+    trusted = (ExitCode.OK, ExitCode.INVALID, ExitCode.GATE, ExitCode.PREEMPTED)
+    if end.code not in trusted and end.summary_status != "succeeded":
         # It failed while nobody watched: most likely with the cluster it ran on (a Ray
         # restart takes every runner down with it). Resuming from a checkpoint is safe; a
         # job that fails on its own fails again, watched, within max_attempts.

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_STALE = 3
+from orchestrator.exitcodes import ExitCode
 
 
 def exit_file(run_dir: Path, token: int) -> Path:
@@ -43,21 +43,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="test seam: stand in for a job that runs this long and succeeds")
     args = parser.parse_args(argv)
 
-    from orchestrator.controller.states import JobState
-    from orchestrator.controller.store import SQLiteJobStore
+    from orchestrator.store.jobs import SQLiteJobStore
+    from orchestrator.store.states import JobState
 
     store = SQLiteJobStore(args.store)
     record = store.get(args.job)
     if record.token != args.token or record.state not in (JobState.STARTING, JobState.RUNNING):
         print(f"job {args.job} is {record.state.value} under token {record.token}, not this runner's {args.token}; "
               f"another start owns it, so this one does nothing", file=sys.stderr)
-        return EXIT_STALE
+        return ExitCode.STALE
     run_dir = Path(record.run_dir)
-    code = 1
+    code = ExitCode.FAILED
     try:
         if args.noop_seconds is not None:
             time.sleep(args.noop_seconds)
-            code = 0
+            code = ExitCode.OK
         else:
             code = _run(record.spec, run_dir, args.address, record.id, args.store)
     finally:
@@ -93,7 +93,7 @@ def _run(spec_dict: dict, run_dir: Path, address: str | None, job_id: str, store
     from rich.console import Console
 
     from orchestrator.spec import resolve_spec
-    from orchestrator.training.run import run_job
+    from orchestrator.pipeline import run_job
 
     spec = resolve_spec(spec_dict)
     # The log is a file, read by `ftctl logs`: plain lines, no live progress bar.

@@ -13,36 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from orchestrator.store.jobs import Candidate
+from orchestrator.store.resources import Resources
+
 
 MAX_REASONS = 100  # waiting reasons kept per plan
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpus: float = 0.0
-    gpus: float = 0.0
-
-    def fits_in(self, other: "Resources") -> bool:
-        return self.cpus <= other.cpus + 1e-9 and self.gpus <= other.gpus + 1e-9
-
-    def __add__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpus + other.cpus, self.gpus + other.gpus)
-
-    def __sub__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpus - other.cpus, self.gpus - other.gpus)
-
-    def __str__(self) -> str:
-        return f"{self.cpus:g} CPU" + (f", {self.gpus:g} GPU" if self.gpus else "")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A queued job as the scheduler sees it."""
-    id: str
-    priority: int
-    seq: int                 # submission order
-    need: Resources
-    team: str = ""
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ def ensure_demo_file(path: Path) -> Path:
 
 
 def _generate_into(demo_dir: Path) -> None:
-    # Imported here: the tiny-model package is only needed when demo data is actually missing.
-    from orchestrator.models.tiny.demo_data import write_demo_data
+    # Imported here: the generator is only needed when demo data is actually missing.
+    from orchestrator.builtin.demo_data import write_demo_data
 
     demo_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-data-", dir=demo_dir.parent))

@@ -15,6 +15,8 @@ from orchestrator.forgetting.metrics import change
 
 @dataclass(frozen=True)
 class Gate:
+    """A task's bound on forgetting: its metric may drop from the base model's value by at most max_drop."""
+
     task: str
     metric: str
     max_drop: float

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.forgetting.gates import gates_of
 from orchestrator.forgetting.metrics import HIGHER_IS_BETTER, change
+from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 
 
@@ -67,9 +68,25 @@ def _target(history, final_step, eval_base, eval_final) -> dict[str, Any] | None
     return None
 
 
-def write_forgetting_report(report: dict[str, Any], run_dir: Path) -> None:
-    (run_dir / "forgetting.json").write_text(json.dumps(report, indent=2))
-    plot_forgetting(report, run_dir / "forgetting.png")
+def write_forgetting_report(report: dict[str, Any], json_file: Path, png_file: Path) -> None:
+    json_file.write_text(json.dumps(report, indent=2))
+    plot_forgetting(report, png_file)
+
+
+def report_run(spec: JobSpec, run: RunDir, history: list[dict[str, Any]], target_history: list[dict[str, Any]],
+               gate: dict[str, Any] | None, eval_base: dict[str, float] | None, eval_final: dict[str, float] | None,
+               console) -> dict[str, Any] | None:
+    """The report step of a job: forgetting.json/.png from the evaluations the workers made
+    (rolled back: the kept step's values are the final ones), and the table printed. None
+    when the job measured nothing."""
+    if not history and not target_history:
+        return None
+    report = build_forgetting_report(spec, history, target_history,
+                                     final_step=gate.get("kept_step") if gate and gate["action"] == "rollback" else None,
+                                     eval_base=eval_base, eval_final=eval_final)
+    write_forgetting_report(report, run.forgetting_json, run.forgetting_png)
+    console.print(forgetting_table(report))
+    return report
 
 
 def forgetting_table(report: dict[str, Any], title: str = "forgetting (held-out source tasks)"):

@@ -57,29 +57,14 @@ def _as_tasks_problem(problem, tasks: list[str]):
 
 def evaluate_standalone(spec: JobSpec, adapter: Path | None, progress=lambda _m: None) -> dict[str, Any]:
     """{"base": {task: value}, "adapted": {task: value} | None}."""
-    import torch
-    import transformers
-    from accelerate import Accelerator
+    from orchestrator.forgetting.measure import load_base_model, measure
+    from orchestrator.forgetting.tasks import prepare_tasks
+    from orchestrator.models.build import load_tokenizer, resolve_model_dir
 
-    from orchestrator.models.build import check_weights, load_tokenizer, resolve_model_dir
-    from orchestrator.training.evaluation import evaluate_forgetting
-    from orchestrator.training.run import _forgetting_task
-
-    transformers.utils.logging.disable_progress_bar()
     model_dir = resolve_model_dir(spec.model, progress=progress)
-    check_weights(model_dir)
     tokenizer = load_tokenizer(model_dir, spec.model)
-    tasks = [_forgetting_task(task, spec, tokenizer) for task in spec.forgetting.tasks]
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)).to(accelerator.device)
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    progress("evaluating the base model")
-    base = evaluate_forgetting(accelerator, model, tasks, tokenizer, pad_id, shard=False)
-    adapted = None
-    if adapter is not None:
-        from peft import PeftModel
-
-        progress(f"evaluating with the adapter {adapter}")
-        model = PeftModel.from_pretrained(model, str(adapter)).to(accelerator.device)
-        adapted = evaluate_forgetting(accelerator, model, tasks, tokenizer, pad_id, shard=False)
-    return {"base": base, "adapted": adapted}
+    tasks = prepare_tasks(spec, tokenizer)
+    measured = measure(lambda: load_base_model(model_dir, spec.model.revision, spec.model.trust_remote_code),
+                       {"base": None, **({"adapted": adapter} if adapter is not None else {})}, tasks, tokenizer,
+                       progress=progress)
+    return {"base": measured["base"].tasks, "adapted": measured["adapted"].tasks if adapter is not None else None}

@@ -32,7 +32,7 @@ def token(problems: list[str], flag: str, value: str | None) -> None:
 def cron(problems: list[str], flag: str, value: str | None) -> None:
     if value is None:
         return
-    from orchestrator.refresh.cron import CronError, parse_cron
+    from orchestrator.cron import CronError, parse_cron
 
     try:
         parse_cron(value)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from orchestrator.launchers.errors import DNS_LABEL, DNS_SUBDOMAIN, LaunchError, at_least, cron, token
-from orchestrator.spec.models import JobSpec
+from orchestrator.spec.models import NAME_PATTERN, JobSpec
 
 RUNS_MOUNT = "/ftctl"            # the PVC: FTCTL_HOME (caches) and run dirs live here
 CONFIG_MOUNT = "/etc/ftctl"      # the ConfigMap with job.yaml
@@ -71,9 +71,7 @@ class K8sOptions:
             if not _SECRET_KEY.match(ref.key):
                 found.append(f"--secret {ref.env}={ref.secret}:{ref.key}: {ref.key!r} is not a Secret key")
         if self.refresh is not None:
-            from orchestrator.refresh.schedules import NAME
-
-            if not NAME.match(self.refresh):
+            if not re.match(NAME_PATTERN, self.refresh):
                 found.append(f"refresh name {self.refresh!r} is not an adapter name (lowercase letters, digits, "
                              "'.', '_' and '-')")
         return found

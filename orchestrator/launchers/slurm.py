@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.launchers.errors import LaunchError, at_least, token
+from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "slurm" / "ftctl.sbatch"
@@ -66,7 +67,7 @@ def render_sbatch(spec: JobSpec, job_file: Path, overrides: list[str], run_dir: 
         f"--account={options.account}" if options.account else None) if flag)
     values = {
         "name": spec.name, "nodes": options.nodes, "cpus_per_node": cpus, "gpus_per_node": options.gpus_per_node,
-        "sbatch_extra": extra, "log_dir": shlex.quote(str(run_dir / "slurm")),
+        "sbatch_extra": extra, "log_dir": shlex.quote(str(RunDir(run_dir).slurm)),
         # The time-limit warning comes early enough for the job's own SIGTERM grace, plus margin.
         "signal_lead_s": int(spec.checkpoint.sigterm_grace_s) + 60,
         "ftctl_home": shlex.quote(str(ftctl_home)), "run_dir": shlex.quote(str(run_dir)),
@@ -111,8 +112,8 @@ def render_scrontab(name: str, cron: str, job_file: Path, overrides: list[str], 
 
 def submit_sbatch(script: str, run_dir: Path) -> str:
     """Write the script into the run dir and sbatch it; the Slurm job ID."""
-    (run_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    path = run_dir / "slurm" / "job.sbatch"
+    RunDir(run_dir).slurm.mkdir(parents=True, exist_ok=True)
+    path = RunDir(run_dir).slurm / "job.sbatch"
     path.write_text(script)
     try:
         done = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60)

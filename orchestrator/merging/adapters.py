@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.digest import sha256_file
+from orchestrator.rundir import RunDir
 
 _PREFIX = "base_model.model."
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -93,8 +94,8 @@ class Adapter:
 def adapter_dir(path: Path) -> Path:
     """The adapter dir itself, or a run dir's `adapter/`."""
     path = Path(path)
-    if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
-        return path / "adapter"
+    if not (path / "adapter_config.json").is_file() and (RunDir(path).adapter / "adapter_config.json").is_file():
+        return RunDir(path).adapter
     return path
 
 

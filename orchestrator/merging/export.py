@@ -45,7 +45,7 @@ class MergeRequest:
     shard_size: str | int = "2GB"
     quantization: dict | None = None        # the adapter was trained on this 4-bit base (qlora)
     heldout: list[dict] | None = None       # batches {input_ids, attention_mask, labels}
-    tasks: list[dict] = field(default_factory=list)  # forgetting-task entries to report per model
+    tasks: list = field(default_factory=list)  # PreparedTasks to report per model
     tokenizer: Any = None                    # needed with tasks
     device: str | None = None
 

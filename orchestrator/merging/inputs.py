@@ -9,11 +9,12 @@ from typing import Any
 from orchestrator.merging.adapters import adapter_dir
 from orchestrator.merging.export import MergeRequest
 from orchestrator.merging.merge import MergeError
+from orchestrator.rundir import RunDir
 
 
 def run_job_file(adapter: Path) -> Path | None:
     """The job.yaml of the run an adapter dir belongs to (`<run>/adapter`), if any."""
-    candidate = adapter_dir(adapter).parent / "job.yaml"
+    candidate = RunDir(adapter_dir(adapter).parent).job
     return candidate if candidate.is_file() else None
 
 
@@ -63,10 +64,10 @@ def build_request(*, adapters: list[Path], out: Path, base: str | None, weights:
                                    else "instruction")
     if tasks or job is not None:
         from orchestrator.forgetting.standalone import eval_spec
-        from orchestrator.training.run import _forgetting_task
+        from orchestrator.forgetting.tasks import prepare_tasks
 
         spec = eval_spec(str(base_dir), tasks, job if not tasks else None, metric, max_examples, None)
-        req.tasks = [_forgetting_task(t, spec, tokenizer) for t in spec.forgetting.tasks]
+        req.tasks = prepare_tasks(spec, tokenizer)
         req.tokenizer = tokenizer
     return req
 

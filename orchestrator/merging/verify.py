@@ -196,26 +196,17 @@ def quantisation_gap(base_dir: Path, adapter: Adapter, quantization: dict, merge
             "gap": round(m_loss - q_loss, 6), "tokens": tokens, "quantization": quantization}
 
 
-def task_metrics(base_dir: Path, adapters: list[Adapter], merged_dir: Path, tasks: list[dict[str, Any]],
+def task_metrics(base_dir: Path, adapters: list[Adapter], merged_dir: Path, tasks: list,
                  tokenizer, dtype: str, device: str) -> dict[str, dict[str, float]]:
     """Each task's metric on the base, on the base with each adapter alone (before) and on
     the merged model (after): {"base": {...}, "<adapter>": {...}, "merged": {...}}."""
-    from accelerate import Accelerator
-    from peft import PeftModel
+    from orchestrator.forgetting.measure import measure
 
-    from orchestrator.training.evaluation import evaluate_forgetting
-
-    accelerator = Accelerator(cpu=device == "cpu")
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-
-    def measure(load) -> dict[str, float]:
-        values = evaluate_forgetting(accelerator, load(), tasks, tokenizer, pad_id, shard=False)
-        release()  # the model was only referenced inside the call above
-        return {k: round(v, 6) for k, v in values.items()}
-
-    out = {"base": measure(lambda: load_causal_lm(base_dir, dtype, device))}
-    for a in adapters:
-        out[a.name] = measure(lambda a=a: PeftModel.from_pretrained(
-            load_causal_lm(base_dir, dtype, device), str(a.path)).to(device).eval())
-    out["merged"] = measure(lambda: load_causal_lm(merged_dir, dtype, device))
-    return out
+    # PEFT adapter names must not hold dots: each adapter is measured under a plain label.
+    labels = {f"adapter{i}": a for i, a in enumerate(adapters)}
+    before = measure(lambda: load_causal_lm(base_dir, dtype, device),
+                     {"base": None, **{label: a.path for label, a in labels.items()}}, tasks, tokenizer, device=device)
+    after = measure(lambda: load_causal_lm(merged_dir, dtype, device), {"merged": None}, tasks, tokenizer,
+                    device=device)
+    named = {"base": before["base"], **{a.name: before[label] for label, a in labels.items()}, "merged": after["merged"]}
+    return {name: {k: round(v, 6) for k, v in m.tasks.items()} for name, m in named.items()}

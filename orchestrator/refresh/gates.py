@@ -17,15 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.forgetting.gates import Gate
+from orchestrator.forgetting.measure import Measured
 from orchestrator.forgetting.metrics import change
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One model's values: data.eval loss (lower is better) and each source task's metric."""
-
-    target: float
-    tasks: dict[str, float]
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.refresh.gates import Measured, promotion_gates, verdict
+from orchestrator.forgetting.measure import Measured
+from orchestrator.refresh.gates import promotion_gates, verdict
+from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 
 
 def open_registry(store: str | None = None):
     """The registry in the JobStore file `store`; default $FTCTL_REGISTRY, else the
     controller's file in $FTCTL_HOME."""
-    from orchestrator.controller.store import SQLiteJobStore, store_file
-    from orchestrator.refresh.registry import Registry
     from orchestrator.spec.paths import ftctl_home
+    from orchestrator.store.jobs import SQLiteJobStore, store_file
+    from orchestrator.store.registry import Registry
 
     return Registry(SQLiteJobStore(store or os.environ.get("FTCTL_REGISTRY") or store_file(ftctl_home())))
 
@@ -57,7 +59,7 @@ def register_and_judge(spec: JobSpec, run_dir: Path, summary: dict[str, Any], jo
         out.update(verdict=judged.verdict, reason=judged.reason, previous=previous.version if previous else None,
                    gates=[r.as_dict() for r in results], measured=values,
                    measure_seconds=round(time.perf_counter() - started, 3))
-    _write(run_dir / "promotion.json", out)
+    _write(RunDir(run_dir).promotion, out)
     return out
 
 
@@ -67,11 +69,11 @@ def version_record(spec: JobSpec, run_dir: Path, summary: dict[str, Any]) -> dic
     from orchestrator.digest import tree_digest
     from orchestrator.models.build import resolve_model_dir
     from orchestrator.spec.paths import ftctl_home
-    from orchestrator.training.run import spec_hash
+    from orchestrator.spec.hashing import spec_hash
 
     model_dir = resolve_model_dir(spec.model)
     train = spec.data.train
-    report_file = run_dir / "forgetting.json"
+    report_file = RunDir(run_dir).forgetting_json
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     forgetting = {name: {"metric": t["metric"], "base": t["base"], "final": t["final"]}
                   for name, t in (report.get("tasks") or {}).items()}
@@ -94,51 +96,19 @@ def measure(spec: JobSpec, models: dict[str, Path | None]) -> dict[str, Measured
     """data.eval loss and every forgetting task's metric for the base model (None) and each
     adapter, in this process, one pass over the same rows. A qlora job's adapters are
     measured on the 4-bit base they were trained on."""
-    import torch
-    import transformers
-    from accelerate import Accelerator
-
     from orchestrator.data.pipeline import prepare_dataset
+    from orchestrator.forgetting.measure import load_base_model, measure as measure_models
+    from orchestrator.forgetting.tasks import prepare_tasks
     from orchestrator.models.build import bnb_config, load_tokenizer, resolve_model_dir
-    from orchestrator.training.evaluation import evaluate_forgetting, evaluate_target
-    from orchestrator.training.run import _forgetting_task
 
-    transformers.utils.logging.disable_progress_bar()
     model_dir = resolve_model_dir(spec.model)
     tokenizer = load_tokenizer(model_dir, spec.model)
-    tasks = [_forgetting_task(task, spec, tokenizer) for task in spec.forgetting.tasks]
+    tasks = prepare_tasks(spec, tokenizer)
     eval_set = prepare_dataset(spec.data.eval, spec.data, tokenizer).dataset if spec.data.eval else None
-    on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not on_gpu)
-    kwargs: dict[str, Any] = {"revision": spec.model.revision, "trust_remote_code": spec.model.trust_remote_code}
-    if spec.method.kind == "qlora":
-        kwargs["quantization_config"] = bnb_config(spec.method)
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if spec.method.kind != "qlora":
-        base = base.to(accelerator.device)
-    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    batch = spec.training.per_device_batch_size
-
-    def values(model) -> Measured:
-        target = evaluate_target(accelerator, model, eval_set, pad_id, batch, shard=False)["eval_loss"] \
-            if eval_set is not None else float("nan")
-        return Measured(target, evaluate_forgetting(accelerator, model, tasks, tokenizer, pad_id, shard=False))
-
-    out: dict[str, Measured] = {}
-    wrapped = None
-    for label, adapter in sorted(models.items(), key=lambda item: item[1] is not None):  # the bare base first
-        if adapter is None:
-            out[label] = values(base)
-            continue
-        from peft import PeftModel
-
-        if wrapped is None:
-            wrapped = PeftModel.from_pretrained(base, str(adapter), adapter_name=label)
-        else:
-            wrapped.load_adapter(str(adapter), adapter_name=label)
-        wrapped.set_adapter(label)
-        out[label] = values(wrapped)
-    return out
+    quantization = bnb_config(spec.method) if spec.method.kind == "qlora" else None
+    return measure_models(lambda: load_base_model(model_dir, spec.model.revision, spec.model.trust_remote_code,
+                                                  quantization),
+                          models, tasks, tokenizer, eval_set=eval_set, batch_size=spec.training.per_device_batch_size)
 
 
 def _gates(spec: JobSpec):

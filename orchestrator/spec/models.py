@@ -15,6 +15,10 @@ Strategy = Literal["ddp", "fsdp", "deepspeed"]
 DataFormat = Literal["text", "instruction", "chat", "classification"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
+# Job, adapter and schedule names (a schedule names its jobs and adapter after itself); each
+# is also used as a file name.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
 
 class Strict(BaseModel):
     """Base for every spec section: unknown keys are errors, docstrings become descriptions."""
@@ -399,7 +403,7 @@ class MergeSpec(Strict):
 
 
 class PromotionSpec(Strict):
-    adapter: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    adapter: str | None = Field(None, pattern=NAME_PATTERN)
     """Name the trained adapter is registered under in the adapter registry (lora and qlora
     jobs register a version when they succeed); default: the job name."""
 
@@ -443,7 +447,7 @@ class TrackingSpec(Strict):
 
 
 class JobSpec(Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    name: str = Field(pattern=NAME_PATTERN)
     """Job name: lowercase letters, digits, '.', '_' and '-'; used in run dirs and Ray."""
 
     description: str = ""

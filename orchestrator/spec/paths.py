@@ -15,6 +15,9 @@ from typing import Any, Literal
 BUILTIN_MODEL = "builtin:tiny-base"
 DEMO_PREFIX = "builtin:demo/"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# The built-in tiny base model's source tasks (orchestrator/builtin/tasks.py generates them):
+# `builtin:demo/source_<task>.jsonl` and `replay_<task>.jsonl` are named after them.
+SOURCE_TASKS: tuple[str, ...] = ("arithmetic", "reversal", "sorting", "kv_recall")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -62,8 +65,6 @@ def locate_data(path: str) -> Location:
 
 def demo_file_names() -> list[str]:
     """Files that `ftctl demo-data` writes (and `builtin:demo/<file>` can name)."""
-    from orchestrator.models.tiny.tasks import SOURCE_TASKS
-
     fixed = ["target_train.jsonl", "target_eval.jsonl", "increment_train.jsonl", "increment_eval.jsonl",
              "classify_train.jsonl", "classify_eval.jsonl", "text_train.jsonl"]
     return fixed + [f"{kind}_{task}.jsonl" for kind in ("source", "replay") for task in SOURCE_TASKS]

@@ -222,7 +222,7 @@ def checkpoint_best_measured(spec: JobSpec) -> list[Problem]:
 def checkpoint_storage_usable(spec: JobSpec) -> list[Problem]:
     if spec.checkpoint.storage is None:
         return []
-    from orchestrator.checkpoint.remote import check_uri
+    from orchestrator.spec.storage import check_uri
 
     problem = check_uri(spec.checkpoint.storage)
     return [Problem("checkpoint.storage", problem, "use s3://, gs:// or file:// with its package installed")] if problem else []

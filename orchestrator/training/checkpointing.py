@@ -19,6 +19,7 @@ and the optimizer state through each strategy's own API:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,37 @@ from orchestrator.training.strategies import full_state_dict
 DS_TAG = "state"
 
 
-def save_training_state(writer: CheckpointWriter, step: int, trainer_state: dict[str, Any], accelerator, model,
+@dataclass(frozen=True)
+class TrainerState:
+    """trainer_state.json: where training stood at a checkpoint, and under which job."""
+
+    step: int
+    samples: int
+    tokens: int
+    train_seconds: float
+    position: dict[str, Any]  # the data sampler's position
+    world_size: int
+    global_batch: int
+    spec: dict[str, Any]
+    spec_hash: str
+    job: str  # the job token that wrote it
+    data_fingerprint: str
+    eval_base: dict[str, float] | None = None
+    forgetting: dict[str, Any] = field(default_factory=dict)  # the ForgettingWatch's state_dict()
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "forgetting"}
+        return {**out, **self.forgetting}  # flat, as checkpoints have always been
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrainerState":
+        names = {f.name for f in fields(cls)} - {"forgetting"}
+        watch = ("forgetting_history", "target_history", "forgetting_evals", "baseline_cached")
+        return cls(**{k: data[k] for k in names if k in data},
+                   forgetting={k: data[k] for k in watch if k in data})
+
+
+def save_training_state(writer: CheckpointWriter, step: int, trainer_state: TrainerState, accelerator, model,
                         optimizer, scheduler, spec: JobSpec, metrics: dict[str, float] | None,
                         blocking: bool) -> None:
     """Every rank calls this at the same step; it returns once the state is snapshotted
@@ -72,7 +103,7 @@ def save_training_state(writer: CheckpointWriter, step: int, trainer_state: dict
         scaler = getattr(accelerator, "scaler", None)
         if scaler is not None:
             files["scaler.pt"] = _torch_file(snapshot(scaler.state_dict()))
-        text = json.dumps(trainer_state, indent=1)
+        text = json.dumps(trainer_state.to_json(), indent=1)
         files["trainer_state.json"] = lambda path: path.write_text(text)
     files[f"rng-rank{rank:05d}.pt"] = _torch_file(rng_state())
     writer.save(step, files, metrics, blocking=blocking)
@@ -86,16 +117,16 @@ def _after_blocking(blocking: bool) -> None:
         dist.barrier()
 
 
-def load_training_state(path: Path, accelerator, model, optimizer, scheduler, spec: JobSpec) -> dict[str, Any]:
-    """Restore a verified checkpoint into this rank; returns its trainer_state.json."""
+def load_training_state(path: Path, accelerator, model, optimizer, scheduler, spec: JobSpec) -> TrainerState:
+    """Restore a verified checkpoint into this rank; returns its trainer state."""
     from safetensors.torch import load_file
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    state = read_trainer_state(path)
+    state = TrainerState.from_json(read_trainer_state(path))
     strategy = spec.resources.strategy
-    if strategy != "ddp" and state["world_size"] != world:
-        raise CheckpointError(f"{path.name} was saved by {state['world_size']} {strategy} workers and this run has "
+    if strategy != "ddp" and state.world_size != world:
+        raise CheckpointError(f"{path.name} was saved by {state.world_size} {strategy} workers and this run has "
                               f"{world}; only ddp checkpoints can be resumed with a different worker count")
     if strategy == "deepspeed":
         _load_deepspeed(path, model)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 import os
 import random
-import re
 import socket
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +27,29 @@ import torch.distributed as dist
 from orchestrator.checkpoint.store import (Best, CheckpointError, list_checkpoints, read_trainer_state, step_of,
                                            verify_training_checkpoint)
 from orchestrator.checkpoint.writer import CheckpointWriter
-from orchestrator.checkpoint.compat import flatten_fields
+from orchestrator.data.formats import IGNORE_INDEX as IGNORE
 from orchestrator.data.pipeline import collate, load_prepared
 from orchestrator.data.sampling import BatchPlan, DataPosition
+from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks
+from orchestrator.forgetting.watch import ForgettingWatch
 from orchestrator.jsonfile import write_json
 from orchestrator.models.build import build_model, load_tokenizer
+from orchestrator.models.loss import token_loss_sum
+from orchestrator.ranks import sum_across_ranks
+from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
-from orchestrator.data.formats import IGNORE_INDEX as IGNORE
-from orchestrator.training.checkpointing import load_training_state, save_training_state
-from orchestrator.training.evaluation import evaluate_target, sum_across_ranks, token_loss_sum
-from orchestrator.training.forgetting_watch import ForgettingWatch
+from orchestrator.training.checkpointing import TrainerState, load_training_state, save_training_state
+from orchestrator.training.metrics_log import MetricsLog, mlflow_run
 from orchestrator.training.schedule import lr_lambda
+from orchestrator.training.worker_io import WorkerConfig, WorkerResult
 from orchestrator.training.strategies import (
     build_accelerator, full_state_dict, shard_with_fsdp, uses_deepspeed, uses_fsdp,
 )
 
-PREEMPT_FILE = "PREEMPT"  # written by the driver on SIGTERM; the workers save and stop
-ATTEMPTS_FILE = "attempts.jsonl"  # one line per start of the worker group (restarts included)
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    spec = JobSpec.model_validate(config["spec"])
-    run_dir = Path(config["run_dir"])
+def train_loop_per_worker(config_json: dict[str, Any]) -> None:
+    config = WorkerConfig.from_json(config_json)
+    spec = JobSpec.model_validate(config.spec)
+    run = RunDir(Path(config.run_dir))
     t, r = spec.training, spec.resources
     on_gpu = torch.cuda.is_available() and r.gpus_per_worker > 0
 
@@ -64,14 +65,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _seed_everything(t.seed)
 
     # ---- model, optimizer, schedule ------------------------------------------------
-    model, params = build_model(spec, config["model_dir"], on_gpu)
+    model, params = build_model(spec, config.model_dir, on_gpu)
     fsdp = uses_fsdp(spec)
     if fsdp:  # FSDP2 must shard before the optimizer sees the parameters
         model = shard_with_fsdp(model, spec, on_gpu)
     trainable = [p for p in model.parameters() if p.requires_grad]
     l2sp = _L2SP(trainable, t.l2sp) if t.l2sp else None  # the base weights, before any resume
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    train_set = load_prepared(Path(config["train_cache"]))
+    train_set = load_prepared(Path(config.train_cache))
     plan = BatchPlan(len(train_set), t.per_device_batch_size, t.grad_accum_steps, world, t.seed, spec.data.shuffle)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * plan.steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -86,20 +87,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         raise RuntimeError(f"DeepSpeed trains over {model.dp_world_size} ranks but the process group has {world}")
     # ZeRO-3 and FSDP need every rank in every forward pass, so evaluation is not sharded there.
     shard_eval = not fsdp and not (deepspeed and (r.zero_stage or 2) == 3)
-    tokenizer = load_tokenizer(config["model_dir"], spec.model)
+    tokenizer = load_tokenizer(config.model_dir, spec.model)
     pad_id = int(tokenizer.pad_token_id)
 
     # ---- resume: the driver's choice, or after a restart the latest good checkpoint ----
-    checkpoints = run_dir / "checkpoints"
-    attempt, resume_from = _begin_attempt(config, checkpoints, rank)
-    state: dict[str, Any] = {"step": 0, "samples": 0, "tokens": 0, "train_seconds": 0.0,
-                             "position": DataPosition().as_dict(), "forgetting_history": [], "target_history": [],
-                             "forgetting_evals": [], "eval_base": None}
-    if resume_from is not None:
-        state.update(load_training_state(resume_from, accelerator, model, optimizer, scheduler, spec))
-    position = DataPosition.from_dict(state["position"])
+    attempt, resume_from = _begin_attempt(config, run, rank)
+    saved = load_training_state(resume_from, accelerator, model, optimizer, scheduler, spec) \
+        if resume_from is not None else None
+    state = _Counters.resumed(saved)
+    position = DataPosition.from_dict(saved.position) if saved else DataPosition()
     if rank == 0:
-        _record_attempt(run_dir, config, attempt, world, resume_from, state["step"])
+        _record_attempt(run, config, attempt, world, resume_from, state.step)
     best: tuple[Best, ...] = ()
     if spec.checkpoint.best_metric:
         best += (Best(spec.checkpoint.best_metric, spec.checkpoint.best_mode or
@@ -111,41 +109,47 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from orchestrator.checkpoint.remote import Mirror
 
         mirror = Mirror(spec.checkpoint.storage)
-    writer = CheckpointWriter(checkpoints, rank, world, attempt["id"], config["spec_hash"], spec.checkpoint.keep_last,
+    writer = CheckpointWriter(run.checkpoints, rank, world, attempt["id"], config.spec_hash, spec.checkpoint.keep_last,
                               best, mirror)
     if rank == 0:
         writer.remove_stale_staging()
 
-    eval_set = load_prepared(Path(config["eval_cache"])) if config.get("eval_cache") else None
-    log = _MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0, keep_through=state["step"],
-                      tensorboard_dir=run_dir / "tensorboard" if spec.tracking.tensorboard else None,
-                      mlflow=_mlflow_run(spec, config, run_dir) if spec.tracking.mlflow and rank == 0 else None)
+    eval_set = load_prepared(Path(config.eval_cache)) if config.eval_cache else None
+    log = MetricsLog(run.metrics, enabled=rank == 0, keep_through=state.step,
+                     tensorboard_dir=run.tensorboard if spec.tracking.tensorboard else None,
+                     mlflow=mlflow_run(spec, config.mlflow_tracking_uri, run.root.name)
+                     if spec.tracking.mlflow and rank == 0 else None)
     if rank == 0:
-        write_json(run_dir / "worker_status.json", {"phase": "baseline", "world_size": world,
-                                                      "params": {"trainable": params.trainable, "total": params.total},
-                                                      "total_steps": total_steps, "step": state["step"]})
-    watch = ForgettingWatch(spec, config, state, (accelerator, model, tokenizer, pad_id, shard_eval), rank)
+        write_json(run.worker_status, {"phase": "baseline", "world_size": world,
+                                       "params": {"trainable": params.trainable, "total": params.total},
+                                       "total_steps": total_steps, "step": state.step})
+    watch = ForgettingWatch(
+        spec, list(config.tasks), config.target,
+        lambda tasks: evaluate_tasks(accelerator, model, tasks, tokenizer, pad_id, shard_eval), rank,
+        Path(config.baseline_cache) if config.baseline_cache else None, config.baseline,
+        saved.forgetting if saved else None)
     if resume_from is None:
         watch.baseline()
         if eval_set is not None:  # the base model's target-task metrics, for negative transfer
-            state["eval_base"] = evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval)
+            state.eval_base = evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval)
     gate_trips: list = []
 
     def save(blocking: bool, metrics: dict[str, Any] | None = None) -> None:
-        trainer_state = {**state, "position": position.as_dict(), "world_size": world,
-                         "global_batch": plan.global_batch, "spec": config["spec"], "spec_hash": config["spec_hash"],
-                         "job": config["job_token"],
-                         "data_fingerprint": config["data"]["train_fingerprint"]}
+        trainer_state = TrainerState(
+            step=state.step, samples=state.samples, tokens=state.tokens, train_seconds=state.train_seconds,
+            position=position.as_dict(), eval_base=state.eval_base, world_size=world,
+            global_batch=plan.global_batch, spec=config.spec, spec_hash=config.spec_hash, job=config.job_token,
+            data_fingerprint=config.data.train_fingerprint, forgetting=watch.state_dict())
         numbers = {k: v for k, v in (metrics or {}).items() if k in ("loss", "eval_loss", "eval_accuracy", "gates_passed")}
-        save_training_state(writer, state["step"], trainer_state, accelerator, model, optimizer, scheduler, spec,
+        save_training_state(writer, state.step, trainer_state, accelerator, model, optimizer, scheduler, spec,
                             numbers, blocking)
 
     # ---- train ---------------------------------------------------------------------
     model.train()
-    started = time.perf_counter() - state["train_seconds"]
+    started = time.perf_counter() - state.train_seconds
     preempted = False
     last_record: dict[str, Any] = {"loss": log.last_loss} if log.last_loss is not None else {}
-    while state["step"] < total_steps:
+    while state.step < total_steps:
         position = plan.normalise(position)
         epoch = position.epoch
         micro = plan.micro_batches_at(position, rank)
@@ -177,32 +181,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        state["step"] += 1
-        state["samples"] += plan.global_batch
+        state.step += 1
+        state.samples += plan.global_batch
         position = plan.advance(position)
         # One all-reduce per step: loss, tokens, and whether the driver asked us to stop.
-        asked = rank == 0 and (run_dir / PREEMPT_FILE).exists()
+        asked = rank == 0 and run.preempt.exists()
         step_loss, step_tokens, stop = sum_across_ranks(
             [loss_sum, sum(int(b["attention_mask"].sum()) for b in batches), float(asked)], accelerator.device)
         step_loss /= max(global_tokens, 1)
-        state["tokens"] += int(step_tokens)
+        state.tokens += int(step_tokens)
         elapsed = time.perf_counter() - started
-        state["train_seconds"] = elapsed
+        state.train_seconds = elapsed
         record: dict[str, Any] = {}
-        if state["step"] % t.log_every_steps == 0 or state["step"] == total_steps:
-            record.update(step=state["step"], epoch=epoch, loss=step_loss, lr=lr,
-                          tokens=state["tokens"], samples=state["samples"], elapsed_s=round(elapsed, 3),
-                          tokens_per_s=round(state["tokens"] / max(elapsed, 1e-9), 1))
+        if state.step % t.log_every_steps == 0 or state.step == total_steps:
+            record.update(step=state.step, epoch=epoch, loss=step_loss, lr=lr,
+                          tokens=state.tokens, samples=state.samples, elapsed_s=round(elapsed, 3),
+                          tokens_per_s=round(state.tokens / max(elapsed, 1e-9), 1))
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
             if l2sp is not None:
                 record["l2sp_penalty"] = l2sp.penalty()
-        if eval_set is not None and t.eval_every_steps and state["step"] % t.eval_every_steps == 0:
-            record.update(step=state["step"], **evaluate_target(accelerator, model, eval_set, pad_id,
-                                                                t.per_device_batch_size, shard_eval))
-        if watch.due(state["step"], total_steps):
-            scalars, trips = watch.evaluate(state["step"])
-            record.update(step=state["step"], **scalars, gates_passed=float(not trips))
+        if eval_set is not None and t.eval_every_steps and state.step % t.eval_every_steps == 0:
+            record.update(step=state.step, **evaluate_target(accelerator, model, eval_set, pad_id,
+                                                             t.per_device_batch_size, shard_eval))
+        if watch.due(state.step, total_steps):
+            scalars, trips = watch.evaluate(state.step)
+            record.update(step=state.step, **scalars, gates_passed=float(not trips))
             if trips:
                 _gate_message(spec, trips, rank)
                 if spec.forgetting.action != "warn":
@@ -215,7 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             preempted = True
             break
         every = spec.checkpoint.every_steps
-        if every and state["step"] % every == 0 and state["step"] < total_steps:
+        if every and state.step % every == 0 and state.step < total_steps:
             save(blocking=False, metrics=record)
         if gate_trips:  # stop or rollback: training further would only forget more
             break
@@ -225,33 +229,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if mirror is not None:
             mirror.close()
         if rank == 0:
-            write_json(run_dir / "worker_result.json", {"preempted": True, "world_size": world, "steps": state["step"],
-                                                          "checkpoint": str(writer.committed[-1])})
+            result = WorkerResult(world_size=world, steps=state.step, checkpoint=str(writer.committed[-1]),
+                                  preempted=True)
+            write_json(run.worker_result, result.to_json())
         log.close()
         accelerator.wait_for_everyone()
         return
 
     # ---- finish: evaluations, final checkpoint, gates, artifact ---------------------------
-    final: dict[str, Any] = {"step": state["step"]}
+    final: dict[str, Any] = {"step": state.step}
     if eval_set is not None:
         final.update(evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval))
     save(blocking=True, metrics=last_record)
     mirror_errors = writer.mirror_errors + (mirror.wait() if mirror is not None else [])
     gate = _apply_gate(spec, gate_trips, watch, writer, accelerator, model, optimizer, scheduler) if gate_trips else None
     if gate is None or gate.get("kept_step") is not None:
-        _save_artifact(run_dir, spec, accelerator, model)
+        _save_artifact(run, spec, accelerator, model)
     if rank == 0:
-        write_json(run_dir / "worker_result.json", {
-            "world_size": world, "steps": state["step"], "samples_seen": state["samples"],
-            "tokens_seen": state["tokens"], "train_seconds": state["train_seconds"],
-            "forgetting_evals": state["forgetting_evals"], "baseline_cached": state.get("baseline_cached", False),
-            "final_loss": log.last_loss, "final_eval": final, "eval_base": state["eval_base"],
-            "forgetting_history": watch.history, "target_history": watch.target_history,
-            "params": {"trainable": params.trainable, "total": params.total},
-            "resumed_from": str(resume_from) if resume_from else None,
-            "checkpoint": str(writer.committed[-1]) if writer.committed else None,
-            "mirror_errors": mirror_errors, "gate": gate,
-        })
+        result = WorkerResult(
+            world_size=world, steps=state.step, samples_seen=state.samples, tokens_seen=state.tokens,
+            train_seconds=state.train_seconds, forgetting_evals=watch.evals, baseline_cached=watch.baseline_cached,
+            final_loss=log.last_loss, final_eval=final, eval_base=state.eval_base,
+            forgetting_history=watch.history, target_history=watch.target_history,
+            params={"trainable": params.trainable, "total": params.total},
+            resumed_from=str(resume_from) if resume_from else None,
+            checkpoint=str(writer.committed[-1]) if writer.committed else None,
+            mirror_errors=mirror_errors, gate=gate)
+        write_json(run.worker_result, result.to_json())
     if mirror is not None:
         mirror.close()
     log.close()
@@ -289,74 +293,6 @@ def _seed_everything(seed: int) -> None:
         np.random.seed(seed % 2**32)
     except ImportError:
         pass
-
-
-class _MetricsLog:
-    """metrics.jsonl: one JSON object per logged step, appended and flushed (rank 0 only);
-    the same scalars go to TensorBoard when tracking.tensorboard is on."""
-
-    def __init__(self, path: Path, enabled: bool, keep_through: int, tensorboard_dir: Path | None = None, mlflow=None):
-        """keep_through: the step training continues after; later records (written before a
-        failure, and about to be redone) are dropped, so each step appears once."""
-        self.path, self.enabled, self.last_loss, self.mlflow = path, enabled, None, mlflow
-        self.tensorboard = None
-        if enabled:
-            kept = []
-            if keep_through > 0 and path.is_file():
-                for line in path.read_text().splitlines():
-                    try:
-                        record = json.loads(line)
-                    except ValueError:  # a line cut short by the failure
-                        continue
-                    if record.get("step", 0) <= keep_through:
-                        kept.append(line + "\n")
-                        self.last_loss = record.get("loss", self.last_loss)
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, path)
-        if enabled and tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(str(tensorboard_dir))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if "loss" in record:
-            self.last_loss = record["loss"]
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-            if self.tensorboard is not None:
-                for key, value in record.items():
-                    if key != "step" and isinstance(value, (int, float)):
-                        self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
-                self.tensorboard.flush()
-            if self.mlflow is not None:
-                numbers = {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-                self.mlflow.log_metrics(numbers, step=record["step"])
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.mlflow is not None:
-            self.mlflow.end_run()
-
-
-def _mlflow_run(spec: JobSpec, config: dict[str, Any], run_dir: Path):
-    """Start an MLflow run on rank 0 with the resolved spec as flat params; returns the module."""
-    uri = config["mlflow_tracking_uri"]
-    if uri.startswith("file:"):
-        # MLflow keeps the local file store working but asks for an explicit opt-in.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(spec.tracking.experiment or spec.name)
-    mlflow.start_run(run_name=run_dir.name)
-    flat = flatten_fields(spec.model_dump(mode="json"))
-    # MLflow keys allow no brackets: forgetting.tasks[0].name -> forgetting.tasks.0.name
-    mlflow.log_params({re.sub(r"\[(\d+)\]", r".\1", k): str(v)[:500] for k, v in flat.items()})
-    return mlflow
 
 
 def _gate_message(spec: JobSpec, trips, rank: int) -> None:
@@ -411,27 +347,26 @@ class _L2SP:
             return float(0.5 * self.strength * sum(float(((p - p0) ** 2).sum()) for p, p0 in zip(self.params, self.base)))
 
 
-def _begin_attempt(config: dict[str, Any], checkpoints: Path, rank: int) -> tuple[dict[str, Any], Path | None]:
+def _begin_attempt(config: WorkerConfig, run: RunDir, rank: int) -> tuple[dict[str, Any], Path | None]:
     """Which start of the worker group this is, and what it resumes from. The first start
     resumes from the driver's choice; a restart after a failure from the latest good
     checkpoint. Rank 0 decides and broadcasts, so every rank loads the same one."""
     decision: list[Any] = [None]
     if rank == 0:
-        log = Path(config["run_dir"]) / ATTEMPTS_FILE
-        earlier = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-        number = sum(1 for e in earlier if e.get("job") == config["job_token"])
-        resume = config.get("resume_from")
+        earlier = [json.loads(line) for line in run.attempts.read_text().splitlines() if line.strip()] \
+            if run.attempts.is_file() else []
+        number = sum(1 for e in earlier if e.get("job") == config.job_token)
+        resume = config.resume_from
         if number > 0:
-            resume = _latest_of_this_job(checkpoints, config["job_token"]) or resume
-        decision[0] = ({"id": f"{config['job_token']}-{number}", "number": number}, resume)
+            resume = _latest_of_this_job(run.checkpoints, config.job_token) or resume
+        decision[0] = ({"id": f"{config.job_token}-{number}", "number": number}, resume)
     if dist.is_initialized():
         dist.broadcast_object_list(decision, src=0)
     attempt, resume = decision[0]
     # Where each rank runs, for operators (and the fault-injection tests).
-    workers = Path(config["run_dir"]) / "workers"
-    workers.mkdir(exist_ok=True)
-    write_json(workers / f"rank-{rank:05d}.json", {"pid": os.getpid(), "host": socket.gethostname(),
-                                                     "node_id": _ray_node_id(), "attempt": attempt["number"]})
+    run.workers.mkdir(exist_ok=True)
+    write_json(run.worker(rank), {"pid": os.getpid(), "host": socket.gethostname(),
+                                  "node_id": _ray_node_id(), "attempt": attempt["number"]})
     return attempt, Path(resume) if resume else None
 
 
@@ -458,20 +393,36 @@ def _latest_of_this_job(checkpoints: Path, job_token: str) -> str | None:
     return None
 
 
-def _record_attempt(run_dir: Path, config: dict[str, Any], attempt: dict[str, Any], world: int,
+def _record_attempt(run: RunDir, config: WorkerConfig, attempt: dict[str, Any], world: int,
                     resume_from: Path | None, step: int) -> None:
-    entry = {"job": config["job_token"], "attempt": attempt["number"], "started_at": time.time(), "world_size": world,
+    entry = {"job": config.job_token, "attempt": attempt["number"], "started_at": time.time(), "world_size": world,
              "resumed_from": str(resume_from) if resume_from else None, "resumed_step": step if resume_from else None,
              "pid": os.getpid()}
-    with open(run_dir / ATTEMPTS_FILE, "a") as f:
+    with open(run.attempts, "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
-def _save_artifact(run_dir: Path, spec: JobSpec, accelerator, model) -> None:
+def _save_artifact(run: RunDir, spec: JobSpec, accelerator, model) -> None:
     accelerator.wait_for_everyone()
     full = full_state_dict(accelerator, model, spec)
     if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         unwrapped = accelerator.unwrap_model(model)
-        target = run_dir / ("adapter" if spec.method.kind in ("lora", "qlora") else "model")
-        unwrapped.save_pretrained(str(target), state_dict=full, safe_serialization=True)
+        unwrapped.save_pretrained(str(run.artifact(spec.method.kind)), state_dict=full, safe_serialization=True)
     accelerator.wait_for_everyone()
+
+
+@dataclass
+class _Counters:
+    """The loop's running totals (a checkpoint's TrainerState holds them at each save)."""
+
+    step: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    eval_base: dict[str, float] | None = None  # the base model's data.eval metrics
+
+    @classmethod
+    def resumed(cls, saved: "TrainerState | None") -> "_Counters":
+        if saved is None:
+            return cls()
+        return cls(saved.step, saved.samples, saved.tokens, saved.train_seconds, saved.eval_base)

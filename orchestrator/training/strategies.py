@@ -82,30 +82,6 @@ def shard_with_fsdp(model, spec: JobSpec, on_gpu: bool):
     return model
 
 
-class gathered_params:
-    """Context in which an FSDP2 root's own parameters are unsharded, for `generate`, which
-    calls the inner model and so skips the root's pre-forward hook. A no-op otherwise."""
-
-    def __init__(self, model):
-        self.model = model if hasattr(model, "unshard") and hasattr(model, "reshard") else None
-
-    def __enter__(self):
-        if self.model is not None:
-            import torch
-
-            # FSDP2 initialises lazily on the root's first forward; one token is enough.
-            with torch.no_grad():
-                device = next(self.model.parameters()).device
-                self.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))
-            self.model.unshard()
-        return self
-
-    def __exit__(self, *exc):
-        if self.model is not None:
-            self.model.reshard()
-        return False
-
-
 def full_state_dict(accelerator, model, spec: JobSpec) -> dict:
     """The whole state dict, gathered where it is sharded (ZeRO-3, FSDP). Every rank must
     call this; with FSDP only rank 0 receives the tensors."""

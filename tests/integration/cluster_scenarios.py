@@ -48,7 +48,7 @@ def two_nodes(out: Path) -> dict:
     from rich.console import Console
 
     from orchestrator.spec import load_spec
-    from orchestrator.training.run import run_job
+    from orchestrator.pipeline import run_job
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     worker = cluster.add_node(num_cpus=2)

@@ -211,8 +211,8 @@ def test_what_the_controller_refuses_is_one_line_without_a_traceback(controller,
 
 def test_submit_stores_data_paths_resolved_where_it_was_validated(controller, tmp_path, monkeypatch):
     """The controller runs jobs from its own directory: a relative path must not reach it."""
-    from orchestrator.controller.store import SQLiteJobStore, store_file
-    from orchestrator.models.tiny.demo_data import write_demo_data
+    from orchestrator.builtin.demo_data import write_demo_data
+    from orchestrator.store.jobs import SQLiteJobStore, store_file
 
     client = controller(noop_seconds=0.5)
     write_demo_data(tmp_path / "data")

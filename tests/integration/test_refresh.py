@@ -53,7 +53,7 @@ def run_until_idle(ctl, timeout: float = 420.0) -> None:
     """Tick the controller (the clock stands still) until no job is queued or running."""
     import time
 
-    from orchestrator.controller.states import JobState
+    from orchestrator.store.states import JobState
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,8 +69,8 @@ def make_controller(local_ray, tmp_path):
     import ray
 
     from orchestrator.controller.core import Controller, SubprocessLauncher
-    from orchestrator.controller.scheduler import Resources
-    from orchestrator.controller.store import SQLiteJobStore
+    from orchestrator.store.jobs import SQLiteJobStore
+    from orchestrator.store.resources import Resources
 
     db = tmp_path / "home" / "controller" / "jobs.db"
     address = ray.get_runtime_context().gcs_address

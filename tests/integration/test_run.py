@@ -10,7 +10,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from orchestrator.spec import load_spec
-from orchestrator.training.run import run_job
+from orchestrator.pipeline import run_job
 
 QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
 

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from orchestrator.forgetting.exact_match import greedy_exact_match
-from orchestrator.models.tiny import tasks
-from orchestrator.models.tiny.build import REPORT_FILE, ensure_tiny_base, heldout_rows
+from orchestrator.builtin import tasks
+from orchestrator.builtin.recipe import heldout_rows
+from orchestrator.models.generate import greedy_exact_match
+from orchestrator.models.tiny.build import REPORT_FILE, ensure_tiny_base
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.controller.store import SQLiteJobStore
+from orchestrator.store.jobs import SQLiteJobStore
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ import uuid
 
 import pytest
 
-from orchestrator.checkpoint.remote import Mirror, check_uri
+from orchestrator.checkpoint.remote import Mirror
 from orchestrator.checkpoint.store import commit_checkpoint, staging_dir, verify_checkpoint
+from orchestrator.spec.storage import check_uri
 
 
 def save(root, step, payload=b"weights"):

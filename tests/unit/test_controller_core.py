@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.controller.core import Controller, ControllerSettings, ProcessRunner, SubprocessLauncher
-from orchestrator.controller.runner import EXIT_STALE, exit_file, main as runner_main, read_exit
-from orchestrator.controller.scheduler import Resources
-from orchestrator.controller.states import JobState
-from orchestrator.controller.store import SQLiteJobStore, StaleUpdate
+from orchestrator.controller.runner import exit_file, main as runner_main, read_exit
+from orchestrator.exitcodes import ExitCode
+from orchestrator.store.jobs import SQLiteJobStore, StaleUpdate
+from orchestrator.store.resources import Resources
+from orchestrator.store.states import JobState
 
 Q, S, R, T = JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.RETRYING
 
@@ -768,7 +769,7 @@ def _main(db_path, job_id, token):
 
 
 def test_runner_with_a_stale_token_does_nothing(db_path, claimed, capsys):
-    assert _main(db_path, claimed.id, claimed.token + 1) == EXIT_STALE == 3
+    assert _main(db_path, claimed.id, claimed.token + 1) == ExitCode.STALE == 5
     assert not exit_file(Path(claimed.run_dir), claimed.token + 1).exists()
     assert not Path(claimed.run_dir).exists()
     assert "does nothing" in capsys.readouterr().err
@@ -801,7 +802,7 @@ def test_runner_for_a_job_not_starting_or_running_does_nothing(store, db_path, c
     else:
         store.move(claimed.id, S, JobState.CANCELLED, token=claimed.token)
     assert store.get(claimed.id).token == claimed.token
-    assert _main(db_path, claimed.id, claimed.token) == 3
+    assert _main(db_path, claimed.id, claimed.token) == ExitCode.STALE
     assert read_exit(Path(claimed.run_dir), claimed.token) is None
 
 

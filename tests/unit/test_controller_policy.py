@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.controller.policy import (
-    EXIT_FAILED, EXIT_GATE, EXIT_INVALID, EXIT_OK, EXIT_PREEMPTED, Decision, RunnerEnd, after_runner,
-    on_controller_start,
-)
-from orchestrator.controller.states import JobState, check_transition
+from orchestrator.controller.policy import Decision, RunnerEnd, after_runner, on_controller_start
+from orchestrator.exitcodes import ExitCode
+from orchestrator.store.states import JobState, check_transition
 
 
 def test_the_exit_codes_match_what_ftctl_run_returns():
-    assert (EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_GATE, EXIT_PREEMPTED) == (0, 1, 2, 4, 75)
+    assert (ExitCode.OK, ExitCode.FAILED, ExitCode.INVALID, ExitCode.GATE, ExitCode.PREEMPTED) == (0, 1, 2, 4, 75)
 
 
 # -------------------------------------------------------------------- after_runner

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 
-from orchestrator.controller.scheduler import Candidate, Plan, Resources, never_fits, plan, queue_order
+from orchestrator.controller.scheduler import Plan, never_fits, plan, queue_order
+from orchestrator.store.jobs import Candidate
+from orchestrator.store.resources import Resources
 
 BIG = Resources(cpus=64, gpus=8)   # a cluster capacity nothing in these tests outgrows by accident
 

@@ -149,9 +149,9 @@ def fake_demo_writer(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         out.write_text(json.dumps({"prompt": "shift ab=", "response": "bc"}) + "\n")
         return {"target_train": out}
 
-    module = types.ModuleType("orchestrator.models.tiny.demo_data")
+    module = types.ModuleType("orchestrator.builtin.demo_data")
     module.write_demo_data = write_demo_data  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "orchestrator.models.tiny.demo_data", module)
+    monkeypatch.setitem(sys.modules, "orchestrator.builtin.demo_data", module)
     return calls
 
 

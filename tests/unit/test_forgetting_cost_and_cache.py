@@ -8,8 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.forgetting.baseline import baseline_cache_file as cache_file_of_tasks
+from orchestrator.forgetting.tasks import PreparedTask
+from orchestrator.pipeline import forgetting_cost as cost_of_result
 from orchestrator.spec import resolve_spec
-from orchestrator.training.run import baseline_cache_file, forgetting_cost
+from orchestrator.training.worker_io import WorkerResult
+
+
+def forgetting_cost(result: dict) -> dict:
+    return cost_of_result(WorkerResult(world_size=1, checkpoint=None, **result))
+
+
+def baseline_cache_file(spec, model_dir, tasks, target):
+    """The cache file for task entries written as JSON, as a job's config carries them."""
+    return cache_file_of_tasks(spec, model_dir, [PreparedTask.from_json(t) for t in tasks],
+                               PreparedTask.from_json(target) if target else None)
 
 # ------------------------------------------------------------------ forgetting_cost
 

@@ -33,7 +33,7 @@ def test_report_has_base_evals_final_and_summary(tmp_path):
     assert report["tasks"]["b"]["worse"] is False
     assert report["summary"]["tasks_worse"] == ["a"]
     assert report["summary"]["largest_drop"]["task"] == "a"
-    write_forgetting_report(report, tmp_path)
+    write_forgetting_report(report, tmp_path / "forgetting.json", tmp_path / "forgetting.png")
     assert json.loads((tmp_path / "forgetting.json").read_text())["tasks"]["a"]["final"] == 0.5
     assert (tmp_path / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -192,8 +192,8 @@ def test_png_is_written_with_the_target_curve(tmp_path):
     without = build_forgetting_report(spec_with(ONE_TASK), history)
     (tmp_path / "with").mkdir()
     (tmp_path / "without").mkdir()
-    write_forgetting_report(with_target, tmp_path / "with")
-    write_forgetting_report(without, tmp_path / "without")
+    write_forgetting_report(with_target, tmp_path / "with" / "forgetting.json", tmp_path / "with" / "forgetting.png")
+    write_forgetting_report(without, tmp_path / "without" / "forgetting.json", tmp_path / "without" / "forgetting.png")
     png = (tmp_path / "with" / "forgetting.png").read_bytes()
     assert png[:4] == b"\x89PNG"
     assert png != (tmp_path / "without" / "forgetting.png").read_bytes()  # the target curve was drawn

@@ -3,7 +3,7 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from orchestrator.training.evaluation import block_causal_mask, packed_or_padded_inputs
+from orchestrator.models.loss import block_causal_mask, packed_or_padded_inputs
 
 
 def test_block_causal_mask_allows_only_earlier_tokens_of_the_same_example():

@@ -108,8 +108,8 @@ def test_a_glob_is_valid_before_its_files_arrive_but_must_name_a_data_format(tmp
 
 
 def test_the_history_of_a_version_no_gate_judged_comes_from_its_job(store, capsys):
-    from orchestrator.refresh.commands import history
-    from orchestrator.refresh.registry import Registry
+    from orchestrator.cli.adapter_history import history
+    from orchestrator.store.registry import Registry
 
     registry = Registry(store)
     record = {"artifacts": {"adapter": "/runs/a/adapter"}, "data": {"files": None},

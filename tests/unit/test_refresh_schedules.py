@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.controller.core import Controller
-from orchestrator.controller.store import SQLiteJobStore
-from orchestrator.refresh.schedules import GRACE_S, ScheduleError, ScheduleStore, due
+from orchestrator.refresh.schedules import GRACE_S, due
 from orchestrator.spec import resolve_spec
+from orchestrator.store.jobs import SQLiteJobStore
+from orchestrator.store.schedules import ScheduleError, ScheduleStore
 from tests.unit.test_controller_core import Capacity, FakeLauncher
 
 CRON = "0 3 * * *"

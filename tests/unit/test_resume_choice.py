@@ -14,7 +14,9 @@ from safetensors.torch import save_file
 from orchestrator.checkpoint.compat import keep_global_batch, resume_differences
 from orchestrator.checkpoint.store import commit_checkpoint, staging_dir
 from orchestrator.spec import load_spec
-from orchestrator.training.run import JobFailed, choose_resume
+from orchestrator.rundir import RunDir
+from orchestrator.training.errors import JobFailed
+from orchestrator.training.resume import choose_resume
 
 QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"
 FINGERPRINT = "f" * 64
@@ -41,7 +43,9 @@ def save(run_dir: Path, step: int, spec=None) -> Path:
 def choose(run_dir: Path, spec=None, config=None, force: bool = False) -> tuple[str | None, str]:
     spec = spec or spec_of()
     out = io.StringIO()
-    chosen = choose_resume(spec, run_dir, config or config_of(spec), Console(file=out, width=300), force)
+    config = config or config_of(spec)
+    chosen = choose_resume(spec, RunDir(run_dir), config["data"]["train_fingerprint"], Console(file=out, width=300),
+                           force)
     return chosen, out.getvalue()
 
 

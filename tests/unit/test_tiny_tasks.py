@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from orchestrator.models.tiny import tasks
-from orchestrator.models.tiny.build import heldout_rows, pretraining_rows
-from orchestrator.models.tiny.demo_data import write_demo_data
+from orchestrator.builtin import tasks
+from orchestrator.builtin.demo_data import write_demo_data
+from orchestrator.builtin.recipe import heldout_rows, pretraining_rows
 
 
 @pytest.mark.parametrize("task", tasks.ALL_TASKS)
@@ -117,8 +117,8 @@ def test_demo_data_files(tmp_path):
 
 def test_light_modules_do_not_import_torch():
     code = (
-        "import sys, orchestrator.models.tiny, orchestrator.models.tiny.tasks, "
-        "orchestrator.models.tiny.demo_data, orchestrator.models.tiny.build; "
+        "import sys, orchestrator.builtin.tasks, orchestrator.builtin.recipe, orchestrator.builtin.demo_data, "
+        "orchestrator.models.tiny, orchestrator.models.tiny.build; "
         "print('torch' in sys.modules or 'transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

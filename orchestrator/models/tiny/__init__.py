@@ -1,5 +1,6 @@
-"""The built-in base model ``builtin:tiny-base``: generated tasks, tokenizer, build and demo data.
+"""The built-in base model ``builtin:tiny-base``: its tokenizer and its build.
 
-Import the submodules directly (``tasks``, ``demo_data`` are pure Python; ``tokenizer`` and
-``build`` need transformers/torch), so that importing this package stays cheap.
+Import the submodules directly (``tokenizer`` and ``build`` need transformers/torch when
+used), so that importing this package stays cheap. Its tasks, recipe and demo data are pure
+Python and live in ``orchestrator.builtin``.
 """

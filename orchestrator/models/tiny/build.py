@@ -1,9 +1,10 @@
 """Build and cache the built-in base model ``builtin:tiny-base``.
 
 A small Llama-shaped model is pre-trained from scratch on the generated SOURCE tasks
-(see ``tasks.py``) so that it really knows them; fine-tuning it on the TARGET task then shows
-real catastrophic forgetting. The build is deterministic, runs on CPU in about a minute or
-two, and is cached under ``$FTCTL_HOME/models/tiny-base-v<RECIPE_VERSION>``.
+(see ``orchestrator/builtin/tasks.py``; the recipe is ``orchestrator/builtin/recipe.py``) so
+that it really knows them; fine-tuning it on the TARGET task then shows real catastrophic
+forgetting. The build is deterministic, runs on CPU in about a minute or two, and is cached
+under ``$FTCTL_HOME/models/tiny-base-v<RECIPE_VERSION>``.
 
 Training example format: ``<s> prompt response </s>`` (one token per byte), loss on the
 response and ``</s>`` only. ``greedy_exact_match`` prompts with ``<s> prompt`` to match.
@@ -18,47 +19,22 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
-from orchestrator.models.tiny import tasks
+from orchestrator.builtin import tasks
+from orchestrator.builtin.recipe import RECIPE, Recipe, heldout_rows, pretraining_rows
 
 TINY_BASE_ID = "builtin:tiny-base"
-# Bump whenever anything below changes what gets built: it names the cache directory.
+# Bump whenever the recipe, the tasks or anything below changes what gets built: it names
+# the cache directory.
 RECIPE_VERSION = 1
 REPORT_FILE = "build_report.json"
 MIN_SOURCE_EXACT_MATCH = 0.8
 
 Progress = Callable[[str], None]
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides the built model (part of the cache key via RECIPE_VERSION)."""
-
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 512
-    steps: int = 1200
-    batch_size: int = 64
-    lr: float = 2e-3
-    """3e-3 and above stall reversal and arithmetic for hundreds of steps at this size."""
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    pool_per_task: int = 8000
-    """Distinct training prompts per source task; held-out sets exclude all of them."""
-    task_weights: dict = field(
-        default_factory=lambda: {"arithmetic": 2.5, "reversal": 1.5, "sorting": 1.5, "kv_recall": 0.5}
-    )
-    """Relative share of training examples per source task: slow learners get more."""
-    eval_per_task: int = 200
-    seed: int = 0
-
-
-RECIPE = Recipe()
 # Seeds for held-out rows; training pools use RECIPE.seed, and `exclude` keeps them disjoint.
 BUILD_EVAL_SEED = 1_000
 
@@ -72,19 +48,6 @@ def ftctl_home() -> Path:
 def tiny_base_dir() -> Path:
     """Where the tiny base model of the current recipe lives once built."""
     return ftctl_home() / "models" / f"tiny-base-v{RECIPE_VERSION}"
-
-
-def pretraining_rows(task: str, recipe: Recipe = RECIPE) -> list[dict]:
-    """The training pool of one source task, exactly as the build uses it."""
-    return tasks.generate(task, recipe.pool_per_task, seed=recipe.seed)
-
-
-def heldout_rows(task: str, n: int, seed: int, recipe: Recipe = RECIPE) -> list[dict]:
-    """``n`` rows of ``task`` (source or target) none of which is in the build's training pool."""
-    exclude = None
-    if task in tasks.SOURCE_TASKS:
-        exclude = {row["prompt"] for row in pretraining_rows(task, recipe)}
-    return tasks.generate(task, n, seed=seed, exclude=exclude)
 
 
 def _is_complete(path: Path) -> bool:
@@ -318,7 +281,7 @@ def _pretrain(recipe: Recipe, say: Progress):
 
 
 def _evaluate(model, tokenizer, recipe: Recipe, say: Progress) -> tuple[dict[str, float], float]:
-    from orchestrator.forgetting.exact_match import greedy_exact_match
+    from orchestrator.models.generate import greedy_exact_match
 
     exact_match = {}
     for task in tasks.SOURCE_TASKS:

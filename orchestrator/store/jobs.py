@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from orchestrator.controller.scheduler import Candidate, Resources
-from orchestrator.controller.states import JobState, check_transition
+from orchestrator.store.resources import Resources
+from orchestrator.store.states import JobState, check_transition
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -61,6 +61,16 @@ def store_file(home: Path) -> Path:
     """The JobStore file of the controller whose FTCTL_HOME is `home` (the adapter registry
     and the refresh schedules live in it too)."""
     return Path(home) / "controller" / "jobs.db"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A queued job as the scheduler sees it."""
+    id: str
+    priority: int
+    seq: int                 # submission order
+    need: Resources
+    team: str = ""
 
 
 class StaleUpdate(Exception):

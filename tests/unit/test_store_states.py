@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.controller.states import ALLOWED, TERMINAL, IllegalTransition, JobState, check_transition
+from orchestrator.store.states import ALLOWED, TERMINAL, IllegalTransition, JobState, check_transition
 
 NON_TERMINAL = [s for s in JobState if s not in TERMINAL]
 

@@ -23,7 +23,10 @@ import random
 import string
 from typing import Callable
 
-SOURCE_TASKS: tuple[str, ...] = ("arithmetic", "reversal", "sorting", "kv_recall")
+# The source task names are declared in spec (the demo files are named after them, and
+# `ftctl validate` knows those names without importing this module).
+from orchestrator.spec.paths import SOURCE_TASKS
+
 TARGET_TASK: str = "shift"
 SECOND_TARGET_TASK: str = "increment"
 _KV_KEYS = "abcd"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.controller.store import SQLiteJobStore
-from orchestrator.refresh.registry import Registry, RegistryError
+from orchestrator.store.jobs import SQLiteJobStore
+from orchestrator.store.registry import Registry, RegistryError
 
 
 def rec(tag: str) -> dict:

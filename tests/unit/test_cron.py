@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from orchestrator.refresh.cron import Cron, CronError, parse_cron
+from orchestrator.cron import Cron, CronError, parse_cron
 
 def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: float = 0) -> float:
     """Epoch seconds of a UTC wall-clock time."""

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from orchestrator.controller.scheduler import Resources
-from orchestrator.controller.states import IllegalTransition, JobState
-from orchestrator.controller.store import SQLiteJobStore, StaleUpdate
+from orchestrator.store.jobs import SQLiteJobStore, StaleUpdate
+from orchestrator.store.resources import Resources
+from orchestrator.store.states import IllegalTransition, JobState
 
 Q, S, R, T = JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.RETRYING
 

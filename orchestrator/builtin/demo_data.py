@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.models.tiny import tasks
-from orchestrator.models.tiny.build import RECIPE, heldout_rows, pretraining_rows
+from orchestrator.builtin import tasks
+from orchestrator.builtin.recipe import RECIPE, heldout_rows, pretraining_rows
 
 # Distinct from the build's own seeds; held-out source rows also exclude its training pool.
 TRAIN_SEED = 2_000

@@ -1,0 +1,67 @@
+"""`ftctl eval`: a model, and an adapter on it, on held-out source tasks, outside any run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.markup import escape
+
+from orchestrator.cli.arguments import MAX_EXAMPLES, METRIC
+from orchestrator.cli.command import Arg, command
+from orchestrator.cli.output import console, err_console, fail, print_problems
+from orchestrator.exitcodes import ExitCode
+
+
+@command("eval",
+         Arg("--model", default=None, help="base model: builtin:tiny-base or a local dir (default: the job's)"),
+         Arg("--adapter", type=Path, default=None, help="a PEFT adapter dir (a run's adapter/)"),
+         Arg("--tasks", nargs="*", default=[], metavar="[NAME=]PATH", help="held-out task files (instruction rows)"),
+         Arg("--job", type=Path, default=None, help="take the tasks (and gates) from this job's forgetting section"),
+         METRIC,
+         MAX_EXAMPLES,
+         Arg("--max-drop", type=float, default=None, help="gate: the largest allowed drop of any task"),
+         Arg("--json", type=Path, default=None, dest="out", help="also write the values and report here"),
+         exits="With --adapter, the base model and the adapted one are compared. Exit 0, or 4 when a"
+               " task's drop exceeds --max-drop (or the job's gates).")
+def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Path | None, metric: str,
+             max_examples: int | None, max_drop: float | None, out: Path | None) -> int:
+    """Evaluate a model (and an adapter on it) on held-out source tasks; print the forgetting table."""
+    from orchestrator.spec import SpecError
+
+    if not tasks and job is None:
+        return fail("name the tasks: --tasks PATH|NAME=PATH ..., or --job JOB.yaml to use its forgetting.tasks",
+                    ExitCode.INVALID)
+    if job is None and model is None:
+        return fail("--model is needed without --job", ExitCode.INVALID)
+    from orchestrator.forgetting.standalone import eval_spec, evaluate_standalone
+
+    try:
+        spec = eval_spec(model, tasks, job, metric, max_examples, max_drop)
+    except SpecError as err:
+        print_problems(job or Path("--tasks"), err)
+        return ExitCode.INVALID
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        return fail(f"{adapter} is not a PEFT adapter dir (no adapter_config.json)", ExitCode.INVALID)
+    from orchestrator.data.errors import DataError
+    from orchestrator.forgetting.gates import check_gates, gates_of
+    from orchestrator.forgetting.report import build_forgetting_report, forgetting_table
+    from orchestrator.models.build import ModelError
+
+    try:
+        with console.status("evaluating") as status:
+            values = evaluate_standalone(spec, adapter, progress=status.update)
+    except (ModelError, DataError) as err:
+        return fail(escape(str(err)))
+    after = values["adapted"] or values["base"]
+    report = build_forgetting_report(spec, [{"step": 0, **values["base"]}, {"step": 1, **after}])
+    title = f"{spec.model.path}" + (f" + {adapter}" if adapter else "") + ": held-out source tasks"
+    console.print(forgetting_table(report, title=title))
+    trips = check_gates(gates_of(spec.forgetting), values["base"], after, 1) if adapter else []
+    if out is not None:
+        out.write_text(json.dumps({"model": spec.model.path, "adapter": str(adapter) if adapter else None,
+                                   **values, "report": report, "tripped": [t.as_dict() for t in trips]}, indent=2))
+    for trip in trips:
+        err_console.print(f"[red]✗ gate:[/red] {trip.task} {trip.metric} {trip.base:.3f} -> {trip.value:.3f} "
+                          f"(drop {trip.drop:.3f} > max_drop {trip.max_drop:g})")
+    return ExitCode.GATE if trips else ExitCode.OK
