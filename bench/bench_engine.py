@@ -357,8 +357,8 @@ def bench_memory() -> dict:
     from bitsandbytes.nn import Linear4bit
 
     from orchestrator.models.build import build_model
-    from orchestrator.models.memory import (NF4_BYTES_PER_PARAM, QUANT_CONSTANT_BYTES, block_linears, estimate_memory,
-                                             model_shape)
+    from orchestrator.models.memory import NF4_BYTES_PER_PARAM, QUANT_CONSTANT_BYTES, estimate_memory
+    from orchestrator.models.shape import block_linears, model_shape
     from orchestrator.models.tiny.build import ensure_tiny_base
     from orchestrator.spec.models import JobSpec
 

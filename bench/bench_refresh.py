@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from orchestrator.controller.core import Controller  # noqa: E402
-from orchestrator.refresh.jobs import absolute_paths  # noqa: E402
+from orchestrator.spec.paths import absolute_paths  # noqa: E402
 from orchestrator.spec import load_spec  # noqa: E402
 from orchestrator.store.jobs import SQLiteJobStore  # noqa: E402
 from orchestrator.store.resources import Resources  # noqa: E402

@@ -144,8 +144,7 @@ class Client:
                team: str = "") -> dict[str, Any]:
         """Validate a job file (or a job dict) and queue it; the job's record."""
         from orchestrator.spec import load_spec, resolve_spec
-
-        from orchestrator.refresh.jobs import absolute_paths
+        from orchestrator.spec.paths import absolute_paths
 
         spec = resolve_spec(job, list(overrides)) if isinstance(job, dict) else load_spec(Path(job), list(overrides))
         r = spec.resources
@@ -177,8 +176,9 @@ class Client:
         """Refresh the adapter `name` on a cron schedule (UTC) with the job file `job`: each
         firing trains from the promoted version on the data its glob matches then, and
         promotes the result only when every gate passes."""
-        from orchestrator.refresh.jobs import absolute_paths, check_refreshable
+        from orchestrator.refresh.jobs import check_refreshable
         from orchestrator.spec import load_spec, resolve_spec
+        from orchestrator.spec.paths import absolute_paths
 
         spec = resolve_spec(job, list(overrides)) if isinstance(job, dict) else load_spec(Path(job), list(overrides))
         problems = check_refreshable(spec)

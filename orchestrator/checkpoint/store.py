@@ -58,19 +58,15 @@ def commit_checkpoint(staging: Path, step: int, spec_hash: str, keep_last: int |
     fsync_file(tmp)
     os.replace(tmp, staging / MANIFEST)
     final = staging.parent / step_dir_name(step)
+    replaced = staging.parent / f"{REPLACED}{final.name}"
     if final.exists():
         # A re-save of the same step (a restart that redoes it) replaces the old one. The old
         # one is moved aside first, so a crash leaves it recoverable (restore_replaced).
-        replaced = staging.parent / f"{REPLACED}{final.name}"
-        if replaced.exists():
-            shutil.rmtree(replaced)
-        os.replace(final, replaced)
-        os.replace(staging, final)
-        _fsync_dir(staging.parent)
         shutil.rmtree(replaced, ignore_errors=True)
-    else:
-        os.replace(staging, final)
-        _fsync_dir(staging.parent)
+        os.replace(final, replaced)
+    os.replace(staging, final)
+    _fsync_dir(staging.parent)
+    shutil.rmtree(replaced, ignore_errors=True)
     if keep_last is not None:
         apply_retention(staging.parent, keep_last, best)
     return final

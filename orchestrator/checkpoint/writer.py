@@ -45,8 +45,7 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.committed: list[Path] = []
-        self._saves = 0  # saves started so far; the same count on every rank
-        self._saved_steps: set[int] = set()
+        self._saved_steps: set[int] = set()  # one per save started: its size numbers the next save
         self.mirror_errors: list[str] = []
         self.last_blocking_s = 0.0
 
@@ -56,7 +55,7 @@ class CheckpointWriter:
 
     def staging(self, step: int) -> Path:
         """The staging dir of the next save, of `step` (created on first use)."""
-        path = staging_dir(self.checkpoints, step, f"{self.attempt}{SAVE}{self._saves:05d}")
+        path = staging_dir(self.checkpoints, step, f"{self.attempt}{SAVE}{len(self._saved_steps):05d}")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -80,7 +79,6 @@ class CheckpointWriter:
             self.last_blocking_s = time.perf_counter() - started
             return
         staging = self.staging(step)
-        self._saves += 1
         self._saved_steps.add(step)
         self._thread = threading.Thread(target=self._run, args=(step, staging, files, dict(metrics or {})),
                                         name=f"checkpoint-{step}", daemon=True)

@@ -16,7 +16,7 @@ JOB_FILE = Arg("job", type=Path, help="job file (YAML)")
 OVERRIDES = Arg("overrides", nargs="*", metavar="key.sub=value", help="override spec fields")
 ADDRESS = Arg("--address", default=None, help="Ray address")
 NAME = Arg("name")
-AS_JSON = Arg("--json", action="store_true", dest="as_json")
+AS_JSON = Arg("--json", action="store_true", dest="as_json", help="print JSON")
 HOME = Arg("--home", type=Path, default=None,
            help="FTCTL_HOME holding the registry (default: $FTCTL_HOME or ~/.cache/ftctl)")
 METRIC = Arg("--metric", default="exact_match", choices=["exact_match", "loss", "perplexity"],

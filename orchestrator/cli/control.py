@@ -9,14 +9,13 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from orchestrator.cli.arguments import ADDRESS, JOB_FILE, OVERRIDES, load_job
+from orchestrator.cli.arguments import ADDRESS, AS_JSON, JOB_FILE, OVERRIDES, load_job
 from orchestrator.cli.command import Arg, command
 from orchestrator.cli.output import console, fail, refuse
 from orchestrator.cli.refusals import with_controller
 from orchestrator.exitcodes import ExitCode
 
 JOB_ID = Arg("job_id", help="job ID")
-PRINT_JSON = Arg("--json", action="store_true", dest="as_json", help="print JSON")
 
 
 def print_job(record: dict, note: str = "") -> int:
@@ -56,7 +55,7 @@ def cmd_submit(job: Path, overrides: list[str], priority: int, team: str, wait: 
          Arg("--state", action="append", default=[], dest="states", metavar="STATE",
              help="only jobs in this state (repeatable)"),
          Arg("--limit", type=int, default=None, help="at most this many"),
-         PRINT_JSON,
+         AS_JSON,
          ADDRESS)
 def cmd_list(states: list[str], limit: int | None, as_json: bool, address: str | None) -> int:
     """Jobs the controller knows, newest first."""
@@ -81,7 +80,7 @@ def cmd_list(states: list[str], limit: int | None, as_json: bool, address: str |
     return with_controller(address, show, start=False)
 
 
-@command("status", Arg("job_id", help="job ID (from submit or list)"), PRINT_JSON, ADDRESS)
+@command("status", Arg("job_id", help="job ID (from submit or list)"), AS_JSON, ADDRESS)
 def cmd_status(job_id: str, as_json: bool, address: str | None) -> int:
     """One job's state, history and (when it has run) summary."""
     def show(client) -> None:

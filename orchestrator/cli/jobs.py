@@ -96,7 +96,8 @@ def cmd_resume(run_dir: Path, overrides: list[str], workers: int | None, force: 
                " 1 when the model's architecture is unknown.")
 def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) -> int:
     """Estimate each worker's GPU memory (or RAM on CPU) and whether the job fits."""
-    from orchestrator.models.memory import GiB, ModelShapeError, estimate_memory, model_shape
+    from orchestrator.models.memory import GiB, estimate_memory
+    from orchestrator.models.shape import ModelShapeError, model_shape
     from orchestrator.spec import JobSpec, SpecError, load_spec
     from orchestrator.spec.load import apply_overrides, read_job_file
     from orchestrator.spec.rules import NOT_YET_AVAILABLE

@@ -85,7 +85,3 @@ def _eval_batches(accelerator, model, dataset, pad_id: int, batch_size: int, sha
     finally:
         model.train(was_training)
 
-
-def pad_id_of(tokenizer) -> int:
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-

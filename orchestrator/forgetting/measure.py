@@ -29,11 +29,11 @@ def measure(load_base: Callable[[], Any], adapters: dict[str, Path | None], task
     import torch
     from accelerate import Accelerator
 
-    from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks, pad_id_of
+    from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks
 
     on_gpu = device == "cuda" if device is not None else torch.cuda.is_available()
     accelerator = Accelerator(cpu=not on_gpu)
-    pad_id = pad_id_of(tokenizer)
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     def values(model) -> Measured:
         target = evaluate_target(accelerator, model, eval_set, pad_id, batch_size, shard=False)["eval_loss"] \

@@ -17,6 +17,7 @@ from orchestrator.forgetting.tasks import TARGET, PreparedTask
 from orchestrator.jsonfile import write_json
 
 Evaluate = Callable[[list[PreparedTask]], dict[str, float]]
+STATE_KEYS = ("forgetting_history", "target_history", "forgetting_evals", "baseline_cached")  # of state_dict()
 
 
 class ForgettingWatch:
@@ -37,8 +38,7 @@ class ForgettingWatch:
         self.baseline_cached = bool(saved.get("baseline_cached", False))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"forgetting_history": self.history, "target_history": self.target_history,
-                "forgetting_evals": self.evals, "baseline_cached": self.baseline_cached}
+        return dict(zip(STATE_KEYS, (self.history, self.target_history, self.evals, self.baseline_cached)))
 
     def due(self, step: int, total_steps: int) -> bool:
         """Every `every_steps` and at the last step (whose record then carries the values)."""

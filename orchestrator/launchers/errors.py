@@ -19,9 +19,9 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def at_least(problems: list[str], flag: str, value, low, what: str = "") -> None:
+def at_least(problems: list[str], flag: str, value, low) -> None:
     if value is not None and value < low:
-        problems.append(f"{flag} must be at least {low:g}{what} (got {value:g})")
+        problems.append(f"{flag} must be at least {low:g} (got {value:g})")
 
 
 def token(problems: list[str], flag: str, value: str | None) -> None:

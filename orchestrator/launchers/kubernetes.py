@@ -70,10 +70,9 @@ class K8sOptions:
                 found.append(f"--secret {ref.env}={ref.secret}:{ref.key}: {ref.secret!r} is not a Secret name")
             if not _SECRET_KEY.match(ref.key):
                 found.append(f"--secret {ref.env}={ref.secret}:{ref.key}: {ref.key!r} is not a Secret key")
-        if self.refresh is not None:
-            if not re.match(NAME_PATTERN, self.refresh):
-                found.append(f"refresh name {self.refresh!r} is not an adapter name (lowercase letters, digits, "
-                             "'.', '_' and '-')")
+        if self.refresh is not None and not re.match(NAME_PATTERN, self.refresh):
+            found.append(f"refresh name {self.refresh!r} is not an adapter name (lowercase letters, digits, "
+                         "'.', '_' and '-')")
         return found
 
 

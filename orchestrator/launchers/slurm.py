@@ -37,11 +37,15 @@ class SlurmOptions:
         at_least(found, "--cpus-per-node", self.cpus_per_node, 1)
         if not 0 <= self.port <= 65535:
             found.append(f"--port must be 0 (a free port) or a port number up to 65535 (got {self.port})")
-        if self.time is not None and not _SLURM_TIME.match(self.time):
-            found.append(f"--time {self.time!r} is not a Slurm time limit: write MINUTES, HH:MM:SS or DAYS-HH:MM:SS")
+        check_time_limit(found, "--time", self.time)
         token(found, "--partition", self.partition)
         token(found, "--account", self.account)
         return found
+
+
+def check_time_limit(problems: list[str], flag: str, value: str | None) -> None:
+    if value is not None and not _SLURM_TIME.match(value):
+        problems.append(f"{flag} {value!r} is not a Slurm time limit: write MINUTES, HH:MM:SS or DAYS-HH:MM:SS")
 
 
 _SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{2}){0,2}|\d+(:\d{2}){0,2}|UNLIMITED|INFINITE|unlimited|infinite)$")
@@ -89,9 +93,11 @@ def render_scrontab(name: str, cron: str, job_file: Path, overrides: list[str], 
     nodes share."""
     from orchestrator.spec.paths import ftctl_home as default_home
 
-    problems = SlurmOptions(cpus_per_node=cpus, time=time_limit).problems()
+    problems: list[str] = []
+    at_least(problems, "--cpus", cpus, 1)
+    check_time_limit(problems, "--time", time_limit)
     if problems:
-        raise LaunchError([p.replace("--cpus-per-node", "--cpus") for p in problems])
+        raise LaunchError(problems)
     r = spec.resources
     home = Path(ftctl_home or default_home()).resolve()
     logs = Path(log_dir or home / "refresh-logs").resolve()

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.models.shape import (  # noqa: F401 (callers import ModelShapeError and model_shape from here)
-    BLOCK_LINEARS, ModelShape, ModelShapeError, adapter_parameter_count, block_linears, block_parameter_count, model_shape, parameter_count,
-    trainable_parameter_count,
-)
+from orchestrator.models.shape import (BLOCK_LINEARS, ModelShape, block_linears, block_parameter_count, parameter_count,
+                                        trainable_parameter_count)
 from orchestrator.spec.models import JobSpec
 
 GiB = 1024**3

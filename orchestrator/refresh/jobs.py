@@ -12,11 +12,10 @@ the data visible when it fired.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 from orchestrator.spec.models import JobSpec
-from orchestrator.spec.paths import absolute_paths, is_glob  # noqa: F401 (absolute_paths: re-exported)
+from orchestrator.spec.paths import is_glob
 
 
 def refresh_spec(spec: dict[str, Any], name: str, head) -> JobSpec:

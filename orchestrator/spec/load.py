@@ -294,8 +294,7 @@ def _problem_for(e: dict[str, Any], loc: list[str], path: str) -> Problem:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _short_text(repr(value))
 
 
 def _known_fields(loc: list[str]) -> list[str]:

@@ -75,22 +75,19 @@ def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
     and whenever it runs (the controller does not run in the submitter's directory)."""
     out = copy.deepcopy(spec)
 
-    def data(source: dict[str, Any] | None) -> None:
-        if source and locate_data(source["path"]).kind == "local" and not os.path.isabs(
-                os.path.expanduser(source["path"])):
-            source["path"] = str(cwd / source["path"])
+    def anchored(path: str) -> str:
+        return path if os.path.isabs(os.path.expanduser(path)) else str(cwd / path)
 
-    data(out["data"]["train"])
-    data(out["data"].get("eval"))
-    for source in (out["data"].get("replay") or {}).get("sources", []):
-        data(source)
-    for task in (out.get("forgetting") or {}).get("tasks", []):
-        data(task)
+    data = out["data"]
+    sources = [data["train"], data.get("eval"), *(data.get("replay") or {}).get("sources", []),
+               *(out.get("forgetting") or {}).get("tasks", [])]
+    for source in sources:
+        if source and locate_data(source["path"]).kind == "local":
+            source["path"] = anchored(source["path"])
     lora = (out.get("method") or {}).get("lora") or {}
-    if lora.get("init_adapter") and not os.path.isabs(os.path.expanduser(lora["init_adapter"])):
-        lora["init_adapter"] = str(cwd / lora["init_adapter"])
+    if lora.get("init_adapter"):
+        lora["init_adapter"] = anchored(lora["init_adapter"])
     model = out.get("model") or {}
-    if model.get("path") and locate_model(model["path"]).kind == "local" and not os.path.isabs(
-            os.path.expanduser(model["path"])):
-        model["path"] = str(cwd / model["path"])
+    if model.get("path") and locate_model(model["path"]).kind == "local":
+        model["path"] = anchored(model["path"])
     return out

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from orchestrator.checkpoint.state import load_tensors, restore_rng, rng_state, snapshot
 from orchestrator.checkpoint.store import CheckpointError, read_trainer_state
+from orchestrator.forgetting.watch import STATE_KEYS
 from orchestrator.checkpoint.writer import CheckpointWriter
 from orchestrator.spec.models import JobSpec
 from orchestrator.training.strategies import full_state_dict
@@ -60,9 +61,8 @@ class TrainerState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrainerState":
         names = {f.name for f in fields(cls)} - {"forgetting"}
-        watch = ("forgetting_history", "target_history", "forgetting_evals", "baseline_cached")
         return cls(**{k: data[k] for k in names if k in data},
-                   forgetting={k: data[k] for k in watch if k in data})
+                   forgetting={k: data[k] for k in STATE_KEYS if k in data})
 
 
 def save_training_state(writer: CheckpointWriter, step: int, trainer_state: TrainerState, accelerator, model,

@@ -83,7 +83,7 @@ def make_controller(local_ray, tmp_path):
 
 
 def test_three_refreshes_promote_twice_then_refuse_the_one_that_breaks_a_source_task(tmp_path, make_controller):
-    from orchestrator.refresh.jobs import absolute_paths
+    from orchestrator.spec.paths import absolute_paths
     from orchestrator.spec import load_spec
 
     nightly = tmp_path / "data" / "nightly"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.models.memory import GiB, estimate_memory, model_shape
+from orchestrator.models.memory import GiB, estimate_memory
+from orchestrator.models.shape import model_shape
 from orchestrator.spec import JobSpec, SpecError, load_spec
 from orchestrator.spec.load import read_job_file
 from orchestrator.spec.rules import NOT_YET_AVAILABLE

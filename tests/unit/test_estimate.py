@@ -12,15 +12,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.models.memory import (
-    GiB,
-    ModelShape,
-    ModelShapeError,
-    adapter_parameter_count,
-    estimate_memory,
-    model_shape,
-    parameter_count,
-)
+from orchestrator.models.memory import GiB, estimate_memory
+from orchestrator.models.shape import ModelShape, ModelShapeError, adapter_parameter_count, model_shape, parameter_count
 from orchestrator.spec.models import JobSpec, LoraSpec
 
 REPO = Path(__file__).resolve().parents[2]

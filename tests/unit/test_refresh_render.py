@@ -11,7 +11,8 @@ import pytest
 from orchestrator.launchers.kubernetes import K8sOptions, render_manifests
 from orchestrator.launchers.schema import crd_schema, validate_manifest
 from orchestrator.launchers.slurm import render_scrontab
-from orchestrator.refresh.jobs import absolute_paths, check_refreshable, refresh_spec
+from orchestrator.refresh.jobs import check_refreshable, refresh_spec
+from orchestrator.spec.paths import absolute_paths
 from orchestrator.spec import load_spec, resolve_spec
 
 REPO = Path(__file__).resolve().parents[2]
