@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich.markup import escape
+
 from orchestrator.cli.command import Arg, command
-from orchestrator.cli.output import console
+from orchestrator.cli.output import console, fail, refuse
 from orchestrator.exitcodes import ExitCode
 
 
@@ -22,15 +24,37 @@ def cmd_demo_data(out_dir: Path) -> int:
     return ExitCode.OK
 
 
-@command("build-base")
-def cmd_build_base() -> int:
-    """Build (or find) the built-in tiny base model and print its per-task exact match."""
-    from orchestrator.models.tiny.build import ensure_tiny_base
+@command(
+    "build-base",
+    Arg("--from-recipe", action="store_true",
+        help="pre-train from the recipe (about two minutes on two cores) instead of installing the build the "
+             "package ships; replaces the cached copy"),
+    Arg("--out", type=Path, default=None, metavar="DIR",
+        help="with --from-recipe: write the build and its manifest.json into DIR instead of the cache; "
+             "--out orchestrator/models/tiny/shipped refreshes the shipped copy after a recipe change"),
+)
+def cmd_build_base(from_recipe: bool, out: Path | None) -> int:
+    """Install (or find) the built-in tiny base model and print its per-task exact match."""
+    from orchestrator.models.tiny import build, manifest
 
-    with console.status("building builtin:tiny-base") as status:
-        out = ensure_tiny_base(progress=lambda msg: status.update(f"building builtin:tiny-base: {msg}"))
-    report = json.loads((out / "build_report.json").read_text())
-    console.print(f"builtin:tiny-base at {out}")
+    def say(message: str) -> None:
+        console.print(f"  {escape(message)}", soft_wrap=True)
+
+    if out is not None and not from_recipe:
+        return refuse(["--out writes a fresh build from the recipe: add --from-recipe"])
+    with console.status(f"preparing {build.TINY_BASE_ID}"):
+        if out is not None:
+            try:
+                written = build.build_shipped_copy(out, progress=say)
+            except ValueError as err:
+                return fail(escape(str(err)), ExitCode.INVALID)
+            where = out
+            console.print(f"wrote recipe v{written['recipe_version']} and its {manifest.MANIFEST_FILE} "
+                          f"({len(written['files'])} files) to {where}")
+        else:
+            where = build.rebuild_tiny_base(progress=say) if from_recipe else build.ensure_tiny_base(progress=say)
+    report = json.loads((where / build.REPORT_FILE).read_text())
+    console.print(f"{build.TINY_BASE_ID} at {where}")
     for task, value in report["exact_match"].items():
         console.print(f"  {task:<12} exact match {value:.3f}")
     console.print(f"  target task  exact match {report['target_exact_match']:.3f} (not pre-trained)")

@@ -28,7 +28,7 @@ class ParamCount:
 
 
 def resolve_model_dir(model: ModelSpec, progress=None) -> str:
-    """A local directory (or hub id) that `from_pretrained` can load; builds the tiny base."""
+    """A local directory (or hub id) that `from_pretrained` can load; installs the tiny base on first use."""
     loc = paths.locate_model(model.path)
     if loc.kind == "builtin":
         from orchestrator.models.tiny.build import ensure_tiny_base

@@ -35,7 +35,7 @@ def prepare_job(spec: JobSpec, run: RunDir, console: Console) -> WorkerConfig:
     transformers.utils.logging.disable_progress_bar()
     try:
         with console.status(f"resolving model {spec.model.path}") as status:
-            model_dir = resolve_model_dir(spec.model, progress=lambda m: status.update(f"building {spec.model.path}: {m}"))
+            model_dir = resolve_model_dir(spec.model, progress=lambda m: status.update(f"{spec.model.path}: {m}"))
             check_weights(model_dir)
             tokenizer = load_tokenizer(model_dir, spec.model)
             check_method_fits_model(spec, model_dir)

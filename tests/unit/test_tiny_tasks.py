@@ -193,6 +193,7 @@ def test_ensure_builds_once_under_concurrency_and_never_exposes_half_builds(tmp_
     from orchestrator.models.tiny import build
 
     monkeypatch.setenv("FTCTL_HOME", str(tmp_path))
+    monkeypatch.setattr(build, "SHIPPED_DIR", tmp_path / "no-shipped-build")  # so that it builds
     calls = []
 
     def fake_build(out_dir, progress=None):
@@ -223,6 +224,7 @@ def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     from orchestrator.models.tiny import build
 
     monkeypatch.setenv("FTCTL_HOME", str(tmp_path))
+    monkeypatch.setattr(build, "SHIPPED_DIR", tmp_path / "no-shipped-build")  # so that it builds
 
     def broken_build(out_dir, progress=None):
         (out_dir / "partial").write_text("x")

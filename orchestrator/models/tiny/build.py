@@ -1,10 +1,11 @@
-"""Build and cache the built-in base model ``builtin:tiny-base``.
+"""Install, build and cache the built-in base model ``builtin:tiny-base``.
 
 A small Llama-shaped model is pre-trained from scratch on the generated SOURCE tasks
 (see ``orchestrator/builtin/tasks.py``; the recipe is ``orchestrator/builtin/recipe.py``) so
 that it really knows them; fine-tuning it on the TARGET task then shows real catastrophic
-forgetting. The build is deterministic, runs on CPU in about a minute or two, and is cached
-under ``$FTCTL_HOME/models/tiny-base-v<RECIPE_VERSION>``.
+forgetting. The build is deterministic and runs on CPU in about a minute or two; the package
+ships one build of the current recipe (``shipped/``, checked by its manifest), so that the
+first use only copies it into ``$FTCTL_HOME/models/tiny-base-v<RECIPE_VERSION>``.
 
 Training example format: ``<s> prompt response </s>`` (one token per byte), loss on the
 response and ``</s>`` only. ``greedy_exact_match`` prompts with ``<s> prompt`` to match.
@@ -25,6 +26,7 @@ from typing import Callable, Iterator
 
 from orchestrator.builtin import tasks
 from orchestrator.builtin.recipe import RECIPE, Recipe, heldout_rows, pretraining_rows
+from orchestrator.models.tiny import manifest
 
 TINY_BASE_ID = "builtin:tiny-base"
 # Bump whenever the recipe, the tasks or anything below changes what gets built: it names
@@ -32,6 +34,8 @@ TINY_BASE_ID = "builtin:tiny-base"
 RECIPE_VERSION = 1
 REPORT_FILE = "build_report.json"
 MIN_SOURCE_EXACT_MATCH = 0.8
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+"""The build of recipe v<RECIPE_VERSION> the package ships, with its manifest."""
 
 Progress = Callable[[str], None]
 
@@ -46,7 +50,7 @@ def ftctl_home() -> Path:
 
 
 def tiny_base_dir() -> Path:
-    """Where the tiny base model of the current recipe lives once built."""
+    """Where the tiny base model of the current recipe lives once installed or built."""
     return ftctl_home() / "models" / f"tiny-base-v{RECIPE_VERSION}"
 
 
@@ -65,35 +69,93 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_tiny_base(progress: Progress | None = None) -> Path:
-    """Return the tiny base model directory, building it first if no complete build exists.
+@contextlib.contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    with _exclusive_lock(target.with_name(target.name + ".lock")):
+        # Holding the lock, any staging dir left here is from an install that was killed.
+        for stale in target.parent.glob(f".{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
 
-    Safe to call from several processes at once: one builds under an exclusive file lock
-    into a temp dir and renames it into place; the others wait and then reuse it.
+
+def ensure_tiny_base(progress: Progress | None = None) -> Path:
+    """Return the tiny base model directory, installing it first if no complete copy is cached.
+
+    Installs the build the package ships when it is intact and of the current recipe;
+    otherwise builds from the recipe, saying why. Safe to call from several processes at
+    once: one installs under an exclusive file lock into a temp dir and renames it into
+    place; the others wait and then reuse it.
     """
     target = tiny_base_dir()
     if _is_complete(target):
         return target
     say = progress or (lambda message: None)
-    with _exclusive_lock(target.with_name(target.name + ".lock")):
+    with _cache_lock(target):
         if _is_complete(target):
             return target
-        say(f"building {TINY_BASE_ID} (recipe v{RECIPE_VERSION}) into {target}; this runs once")
-        # Holding the lock, any staging dir left here is from a build that was killed.
-        for stale in target.parent.glob(f".{target.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            build_tiny_base(staging, progress=progress)
-            _seal(staging)
-            if target.exists():
-                # Without a report it is not a complete build (say, a copy cut short): replace it.
-                shutil.rmtree(target)
-            os.rename(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        _replace_with(target, lambda staging: _install_shipped_or_build(staging, say))
+        say(f"{TINY_BASE_ID} (recipe v{RECIPE_VERSION}) is ready at {target}")
     return target
+
+
+def rebuild_tiny_base(progress: Progress | None = None) -> Path:
+    """Build the tiny base model from the recipe into the cache, replacing the copy there."""
+    target = tiny_base_dir()
+    say = progress or (lambda message: None)
+    with _cache_lock(target):
+        say(f"building {TINY_BASE_ID} (recipe v{RECIPE_VERSION}) from the recipe into {target}")
+        _replace_with(target, lambda staging: build_tiny_base(staging, progress=say))
+    return target
+
+
+def build_shipped_copy(out_dir: Path, progress: Progress | None = None) -> dict:
+    """Build from the recipe into ``out_dir`` (replaced) with the manifest that lets
+    ``ensure_tiny_base`` install it; return the manifest. Run through
+    ``ftctl build-base --from-recipe --out orchestrator/models/tiny/shipped`` after a recipe change.
+    """
+    out_dir = Path(out_dir).resolve()
+    empty = out_dir.is_dir() and not any(out_dir.iterdir())
+    if out_dir.exists() and not empty and not (out_dir / manifest.MANIFEST_FILE).is_file():
+        # It gets replaced as a whole: only ever replace a build this function wrote.
+        raise ValueError(f"{out_dir} exists and holds no {manifest.MANIFEST_FILE}, so it is not a build to "
+                         "refresh; give a new or empty directory, or the shipped build's")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    built: dict = {}
+
+    def build_and_describe(staging: Path) -> None:
+        build_tiny_base(staging, progress=progress)
+        built.update(manifest.write_manifest(staging, TINY_BASE_ID, RECIPE_VERSION))
+
+    _replace_with(out_dir, build_and_describe)
+    return built
+
+
+def _install_shipped_or_build(staging: Path, say: Progress) -> None:
+    try:
+        manifest.copy_verified(SHIPPED_DIR, staging, RECIPE_VERSION)
+        say(f"installed the shipped {TINY_BASE_ID} (recipe v{RECIPE_VERSION}, digests checked)")
+    except manifest.UnusableBuild as why:
+        for path in staging.iterdir():
+            path.unlink()
+        say(f"cannot install the shipped {TINY_BASE_ID}: {why}; building it from recipe v{RECIPE_VERSION} "
+            "instead (about two minutes on two cores, once)")
+        build_tiny_base(staging, progress=say)
+
+
+def _replace_with(target: Path, fill: Callable[[Path], object]) -> None:
+    """Fill a staging dir next to ``target``, then rename it into place (replacing ``target``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fill(staging)
+        _seal(staging)
+        if target.exists():
+            # Incomplete (a copy cut short) or being rebuilt on purpose: replace it.
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _seal(directory: Path) -> None:
