@@ -11,14 +11,12 @@ The controller is reached only through Ray (a named actor); no port of its own i
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
+from orchestrator import raycluster
 from orchestrator.controller.actor import NAME, NAMESPACE
 from orchestrator.rundir import RunDir
 
@@ -30,68 +28,45 @@ class ControllerUnavailable(Exception):
 
 
 def connect(address: str | None = None, start_ray: bool = True, num_cpus: int | None = None,
-            port: int | None = None) -> None:
-    """Join the Ray cluster at `address` (default $RAY_ADDRESS or the local one); with
-    `start_ray`, start a local head node (on `port`, default Ray's 6379) when there is none."""
+            port: int | None = None, home: Path | None = None, say: Callable[[str], None] | None = None) -> None:
+    """Join the Ray cluster the control plane uses: `address`, else $RAY_ADDRESS, else the
+    local head ftctl started (recorded under FTCTL_HOME). Ray's own discovery is never used,
+    so another Ray on the machine is left alone. With `start_ray`, a head that is not running,
+    or no longer answers, is (cleaned up and) started, on `port` (default: a free one) with
+    `num_cpus`; `say` hears what was done."""
     import ray
+
+    from orchestrator.spec.paths import ftctl_home
 
     if ray.is_initialized():
         return
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    say = say or (lambda message: None)
+    quiet = None if raycluster.verbose() else raycluster.quiet_stderr
+    options = {"namespace": NAMESPACE, "log_to_driver": False, "configure_logging": False}
+    named = address or os.environ.get("RAY_ADDRESS")
     try:
-        with _quiet_stderr() as said:
-            ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
-        return
-    except ConnectionError:
-        if _needs_token(said()):
-            raise ControllerUnavailable(f"the Ray cluster at {target} requires token authentication; set "
-                                        "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or "
-                                        "RAY_AUTH_TOKEN_PATH) and try again") from None
-        if not start_ray or target != "auto":
-            raise ControllerUnavailable(f"no Ray cluster at {target}; start one (ray start --head) or leave "
-                                        f"--address out to start a local one") from None
-    cmd = ["ray", "start", "--head", "--include-dashboard=false", "--disable-usage-stats"]
-    if num_cpus:
-        cmd += ["--num-cpus", str(num_cpus)]
-    if port:
-        cmd += ["--port", str(port)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        said = done.stderr + done.stdout
-        if "already used" in said or "occupied" in said or "Address already in use" in said:
-            raise ControllerUnavailable(f"port {port or 6379} is taken (another user's Ray, or another program); "
-                                        "start ftctl's head on a free one: ftctl controller start --port 6390")
-        last = next((line.strip() for line in reversed(said.splitlines()) if line.strip()), "no output")
-        raise ControllerUnavailable(f"could not start a local Ray head ({last[:300]}); `ray start --head` "
-                                    "shows the whole error")
-    ray.init(address="auto", namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
-
-
-def _needs_token(said: str) -> bool:
-    """Whether Ray's client was turned away for lack of the cluster's auth token (Ray says so
-    only in its C++ log lines, and raises a plain ConnectionError)."""
-    return "Unauthenticated" in said or "InvalidAuthToken" in said
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Keep what Ray's C++ core writes to fd 2 while connecting (retries, auth notices) out of
-    the user's terminal; yields a function returning what was written."""
-    import tempfile
-
-    captured: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lambda: "".join(captured)
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            captured.append(sink.read().decode(errors="replace"))
+        if named:
+            raycluster.join(named, quiet, **options)
+            return
+        home = Path(home or ftctl_home())
+        head, dead = raycluster.live_head(home)
+        if head is None:
+            if not start_ray:
+                if dead is not None:
+                    raise ControllerUnavailable(f"{dead.describe()} no longer answers; run `ftctl controller start` "
+                                                "(it starts a fresh one; jobs are kept)")
+                raise ControllerUnavailable("ftctl's Ray cluster is not running; start it with `ftctl controller "
+                                            "start` (or name a cluster with --address or $RAY_ADDRESS)")
+            if dead is not None:
+                say(f"{dead.describe()} no longer answers; cleaning it up and starting a fresh one")
+                raycluster.stop_group(dead.pid, grace_s=5.0)
+                raycluster.forget_head(home)
+            head = raycluster.start_head(home, num_cpus=num_cpus, port=port)
+            say(f"started {head.describe()}")
+        raycluster.use_auth_mode(head.auth_mode)
+        raycluster.join(head.address, quiet, **options)
+    except raycluster.RayUnavailable as err:
+        raise ControllerUnavailable(str(err)) from None
 
 
 def controller(start: bool = True, home: Path | None = None, **options: Any):
@@ -119,8 +94,9 @@ def controller(start: bool = True, home: Path | None = None, **options: Any):
 
 
 class Client:
-    def __init__(self, address: str | None = None, start: bool = True, home: Path | None = None, **options: Any):
-        connect(address, start_ray=start)
+    def __init__(self, address: str | None = None, start: bool = True, home: Path | None = None,
+                 say: Callable[[str], None] | None = None, **options: Any):
+        connect(address, start_ray=start, home=home, say=say)
         self._actor = controller(start=start, home=home, **options)
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -247,3 +223,19 @@ def stop_controller() -> bool:
     ray.get(handle.stop.remote())
     ray.kill(handle, no_restart=True)
     return True
+
+
+def cluster_info(home: Path | None = None) -> dict[str, Any]:
+    """The Ray cluster this process joined: its address, Ray version, and whether it is the
+    local head ftctl started (then also its pid, temp dir and log)."""
+    import ray
+
+    from orchestrator.spec.paths import ftctl_home
+
+    address = ray.get_runtime_context().gcs_address
+    head = raycluster.read_head(Path(home or ftctl_home()))
+    ours = head is not None and head.address == address
+    info: dict[str, Any] = {"address": address, "ray_version": ray.__version__, "started_by_ftctl": ours}
+    if ours:
+        info |= {"pid": head.pid, "temp_dir": head.temp_dir, "log": head.log, "started_at": head.started_at}
+    return info

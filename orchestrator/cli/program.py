@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Sequence
 
 from orchestrator.cli import adapters, control, data, evaluate, jobs, launch, merge, schedules
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ftctl",
         description="Fine-tuning control plane for LLMs on Ray: validate, run and measure forgetting.",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="let Ray's own start-up lines and notices through (also: FTCTL_VERBOSE=1)")
     top = parser.add_subparsers(metavar="COMMAND")
     groups: dict[str, Any] = {}  # group name -> its subparsers
     for module in COMMAND_MODULES:
@@ -44,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     values = vars(parser.parse_args(argv))
     cmd: Command | None = values.pop(CHOSEN, None)
+    if values.pop("verbose"):
+        os.environ["FTCTL_VERBOSE"] = "1"  # read where Ray is started or joined, here and in the runners
     if cmd is None:
         parser.print_help()
         return ExitCode.OK

@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from orchestrator import raycluster
 from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 from orchestrator.training.errors import JobFailed
@@ -73,15 +74,8 @@ def train_on_ray(spec: JobSpec, config: WorkerConfig, run: RunDir, address: str 
     from orchestrator.training.loop import train_loop_per_worker
 
     r = spec.resources
-    address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        with console.status("starting Ray" if not address else f"connecting to Ray at {address}"):
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                needed = max(os.cpu_count() or 1, int(r.workers * r.cpus_per_worker) + 1)
-                ray.init(num_cpus=needed, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
+        start_ray(address, int(r.workers * r.cpus_per_worker) + 1, console)
     resources = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
@@ -117,6 +111,28 @@ def train_on_ray(spec: JobSpec, config: WorkerConfig, run: RunDir, address: str 
     if not run.worker_result.is_file():
         raise JobFailed(f"training ended without a result from rank 0; see the Ray logs under {run.ray}")
     return WorkerResult.from_json(json.loads(run.worker_result.read_text()))
+
+
+def start_ray(address: str | None, cpus: int, console: Console) -> None:
+    """Join the cluster at `address` (else $RAY_ADDRESS), or start a private local Ray
+    instance for this run alone: another Ray on the machine is never joined implicitly."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = None if raycluster.verbose() else raycluster.quiet_stderr
+    options = {"log_to_driver": False, "configure_logging": False}
+    if address:
+        console.print(f"Ray: the cluster at {address}")
+        try:
+            raycluster.join(address, quiet, **options)
+        except raycluster.RayUnavailable as err:
+            raise JobFailed(str(err)) from None
+        return
+    needed = max(os.cpu_count() or 1, cpus)
+    console.print(f"Ray: a private local instance for this run ({needed} CPUs; --address or $RAY_ADDRESS "
+                  "names a cluster instead)")
+    with quiet() if quiet else contextlib.nullcontext():
+        ray.init(address="local", num_cpus=needed, include_dashboard=False, **options)
 
 
 def _latest_committed(run: RunDir) -> str | None:

@@ -10,6 +10,7 @@ def local_ray():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # "local": a private instance, never another Ray that runs on the machine.
+        ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()

@@ -58,9 +58,10 @@ def test_submit_status_logs_cancel_and_resume_a_real_job(controller, capsys):
     client = controller()
     code = main(["submit", str(QUICKSTART), *SMALL, "training.max_steps=200", "checkpoint.every_steps=10",
                  "--priority", "3"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    job_id = out.split(":")[0].strip()
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    job_id = said.out.strip()  # stdout holds the ID alone; the sentence goes to stderr
+    assert job_id.startswith("quickstart-") and "QUEUED" in said.err
     status = client.status(job_id)
     assert status["priority"] == 3 and status["cpus"] == 1.0
     wait_for(lambda: steps_logged(client.status(job_id)["run_dir"]) >= 12, 180, "12 logged steps")

@@ -21,7 +21,7 @@ ROOT = "orchestrator"  # orchestrator/__init__.py itself: the version, nothing e
 LAYERS: list[set[str]] = [
     {ROOT, "digest", "jsonfile", "exitcodes", "cron", "ranks", "rundir", "summary"},
     {"spec"},
-    {"checkpoint", "store", "launchers", "builtin", "data"},
+    {"checkpoint", "store", "launchers", "builtin", "data", "raycluster"},
     {"models"},
     {"forgetting"},
     {"merging", "training"},
