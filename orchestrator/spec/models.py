@@ -108,6 +108,14 @@ class HeadSpec(Strict):
     """How a sequence becomes one feature vector: the last non-pad token, or the mean."""
 
 
+# The kinds each method block serves. A block for another kind is refused, except that one the
+# job file gave for its own kind is dropped, with a note, when method.kind is changed on the
+# command line (spec.adjustments).
+BLOCK_KINDS: dict[str, tuple[str, ...]] = {
+    "lora": ("lora", "qlora"), "quantization": ("qlora",), "freeze": ("freeze",), "head": ("head",),
+}
+
+
 class MethodSpec(Strict):
     kind: MethodKind = "lora"
     """full: every weight; lora: low-rank adapters; qlora: adapters over a 4-bit base;
@@ -248,7 +256,8 @@ class TrainingSpec(Strict):
     """Decay after warmup."""
 
     warmup_steps: int = Field(0, ge=0)
-    """Linear warmup steps from 0 to `lr`."""
+    """Linear warmup steps from 0 to `lr`. A warmup as long as max_steps or longer (a run
+    shortened on the command line) is cut to a tenth of max_steps, rounded down, with a note."""
 
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this; null disables clipping."""
