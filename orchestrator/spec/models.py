@@ -407,6 +407,10 @@ class MergeSpec(Strict):
     """Largest safetensors shard of the merged model (e.g. 2GB, 500MB); merging holds about one
     shard in memory."""
 
+    required: bool = False
+    """Fail the job when the merge is refused or fails verification. By default such a merge
+    is a warning: the job succeeds with its adapter, and summary.json's merge.error says why."""
+
 
 # ----------------------------------------------------------------------- promotion
 
