@@ -4,7 +4,8 @@
     resume    training.resume.choose_resume    which checkpoint it starts from
     train     training.driver.train_on_ray     WorkerConfig -> WorkerResult (Ray, the per-worker loop)
     report    forgetting.report.report_run     WorkerResult -> forgetting.json/.png and the table
-    merge     merging.run.merge_run            adapter/ -> merged/ (merge.enabled)
+    merge     merging.run.merge_run            adapter/ -> merged/ (merge.enabled; a failure fails the job
+                                               only with merge.required)
     register  refresh.register.register_run    adapter/ -> a registry version, gated (promotion.auto)
 
 Every step is a function of the package that owns it; this module only calls them in order,
@@ -16,9 +17,11 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.exitcodes import ExitCode
 from orchestrator.rundir import RunDir
@@ -74,7 +77,6 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
 def finish(spec: JobSpec, run: RunDir, config, result, started: float, console: Console) -> RunSummary:
     """report -> merge -> register, then summary.json and the closing lines."""
     from orchestrator.forgetting.report import report_run
-    from orchestrator.merging.run import merge_run
     from orchestrator.models.build import load_tokenizer
     from orchestrator.refresh.register import register_run
     from orchestrator.training.resume import restarts
@@ -94,10 +96,10 @@ def finish(spec: JobSpec, run: RunDir, config, result, started: float, console: 
     status = "stopped_by_gate" if gate and (gate["action"] == "stop" or kept is None) else "succeeded"
     merge, error = None, None
     if spec.merge.enabled and status == "succeeded" and "adapter" in artifacts:
-        merge = merge_run(spec, run, config.model_dir, config.eval_cache, console)
-        if merge.get("error"):
-            status, error = "failed", merge["error"]
-        else:
+        merge, error = merge_step(spec, run, config, console)
+        if error:
+            status = "failed"
+        elif "path" in merge:
             artifacts["merged"] = merge["path"]
     summary = RunSummary(
         name=spec.name, status=status, error=error, world_size=result.world_size, steps=result.steps,
@@ -116,6 +118,25 @@ def finish(spec: JobSpec, run: RunDir, config, result, started: float, console: 
     _say_how_it_ended(summary, report, console)
     console.print(f"  run dir: {run.root}")
     return summary
+
+
+def merge_step(spec: JobSpec, run: RunDir, config, console: Console) -> tuple[dict[str, Any], str | None]:
+    """The merge step (merge.enabled): the summary's merge block, and the job's error when the
+    merge failed and merge.required makes that fail the job. Otherwise a failed merge is a
+    warning: training succeeded, so the job does too, with its adapter and without merged/."""
+    from orchestrator.merging.run import merge_run
+
+    merge = merge_run(spec, run, config.model_dir, config.eval_cache, console)
+    error = merge.get("error")
+    if not error:
+        return merge, None
+    if spec.merge.required:
+        console.print(f"[red]✗[/red] {escape(error)}; the job fails (merge.required); its adapter is kept in "
+                      f"{run.adapter}", soft_wrap=True)
+        return merge, error
+    console.print(f"[yellow]warning:[/yellow] {escape(error)}; the job succeeds with its adapter in {run.adapter} "
+                  f"and no merged model (merge.required: true would fail it)", soft_wrap=True)
+    return merge, None
 
 
 def forgetting_cost(result) -> dict[str, float]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from orchestrator.cli.command import Arg
-from orchestrator.cli.output import print_problems
+from orchestrator.cli.output import print_notes, print_problems
 
 if TYPE_CHECKING:
     from orchestrator.spec import JobSpec
@@ -26,14 +26,19 @@ MAX_EXAMPLES = Arg("--max-examples", type=int, default=200, help="rows per task 
 
 def load_job(job: Path, overrides: Sequence[str], check_files: bool = True) -> JobSpec | None:
     """The job file with `overrides` applied, or None after listing every problem in it on
-    stderr (the command then exits INVALID)."""
-    from orchestrator.spec import SpecError, load_spec
+    stderr (the command then exits INVALID). What loading changed on its own (a warmup cut to
+    fit the run, a method block dropped for a kind set here) is said first, a warning each."""
+    from orchestrator.spec import Note, SpecError, load_spec
 
+    notes: list[Note] = []
     try:
-        return load_spec(job, overrides, check_files=check_files)
+        spec = load_spec(job, overrides, check_files=check_files, notes=notes)
     except SpecError as err:
+        print_notes(job, notes)
         print_problems(job, err)
         return None
+    print_notes(job, notes)
+    return spec
 
 
 def store_under(home: Path | None) -> str | None:

@@ -9,7 +9,7 @@ from rich.markup import escape
 from orchestrator.cli.arguments import JOB_FILE, OVERRIDES, load_job
 from orchestrator.cli.command import Arg, command
 from orchestrator.cli.control import print_job
-from orchestrator.cli.output import console, fail, print_problems, refuse
+from orchestrator.cli.output import console, fail, refuse
 from orchestrator.cli.refusals import with_controller
 from orchestrator.exitcodes import ExitCode
 from orchestrator.rundir import RunDir
@@ -98,22 +98,12 @@ def cmd_estimate(job: Path, overrides: list[str], gpu_memory_gib: float | None) 
     """Estimate each worker's GPU memory (or RAM on CPU) and whether the job fits."""
     from orchestrator.models.memory import GiB, estimate_memory
     from orchestrator.models.shape import ModelShapeError, model_shape
-    from orchestrator.spec import JobSpec, SpecError, load_spec
-    from orchestrator.spec.load import apply_overrides, read_job_file
-    from orchestrator.spec.rules import NOT_YET_AVAILABLE
 
     if gpu_memory_gib is not None and gpu_memory_gib <= 0:
         return fail(f"--gpu-memory must be a positive number of GiB, not {gpu_memory_gib:g}", ExitCode.INVALID)
-    try:
-        spec = load_spec(job, overrides)
-    except SpecError as err:
-        if any(NOT_YET_AVAILABLE not in p.message for p in err.problems):
-            print_problems(job, err)
-            return ExitCode.INVALID
-        # Valid, but not runnable by this version yet: its memory can still be planned.
-        spec = JobSpec.model_validate(apply_overrides(read_job_file(job), overrides)[0])
-        for p in err.problems:
-            console.print(f"[yellow]note:[/yellow] {escape(p.path)}: {escape(p.message)}", soft_wrap=True)
+    spec = load_job(job, overrides)
+    if spec is None:
+        return ExitCode.INVALID
     r = spec.resources
     if gpu_memory_gib is None and r.gpus_per_worker > 0:
         gpu_memory_gib = 80.0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from orchestrator.spec import Note
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -41,6 +44,15 @@ def print_problems(job: Path, err: Exception) -> None:
         where = escape(p.path or "(job file)")
         hint = f"  [dim]{escape(p.hint)}[/dim]" if p.hint else ""
         err_console.print(f"  [bold]{where}[/bold]: {escape(p.message)}{hint}", soft_wrap=True)
+
+
+def print_notes(job: Path, notes: Iterable[Note]) -> None:
+    """Say on stderr what loading the job file changed on its own (each a spec Note), one
+    warning line each, so that stdout stays the command's result."""
+    for n in notes:
+        hint = f"  [dim]{escape(n.hint)}[/dim]" if n.hint else ""
+        err_console.print(f"[yellow]warning:[/yellow] {escape(str(job))}: [bold]{escape(n.path)}[/bold]: "
+                          f"{escape(n.message)}{hint}", soft_wrap=True)
 
 
 def print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Iterable[str],

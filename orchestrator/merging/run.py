@@ -11,8 +11,9 @@ from orchestrator.spec.models import JobSpec
 
 def merge_run(spec: JobSpec, run: RunDir, model_dir: str, eval_cache: str | None, console) -> dict[str, Any]:
     """The merge step of a job (merge.enabled): merge the adapter into the base, verify,
-    write merged/. The summary's "merge" block; with "error" when the merge was refused or
-    failed verification (the adapter is kept either way)."""
+    write merged/. The summary's "merge" block; with "error", one line saying why, when the
+    merge was refused, failed verification or broke (the adapter is kept either way, and the
+    caller decides what that means for the job: merge.required)."""
     import shutil
 
     from orchestrator.merging.export import MergeRequest, MergeVerificationFailed, gap_line, merge_and_verify
@@ -20,20 +21,21 @@ def merge_run(spec: JobSpec, run: RunDir, model_dir: str, eval_cache: str | None
 
     out = run.merged
     shutil.rmtree(out, ignore_errors=True)  # an earlier attempt's merge of an earlier adapter
-    request = MergeRequest(
-        adapters=[run.adapter], base=model_dir, out=out, dtype=spec.merge.dtype,
-        tolerance=spec.merge.tolerance, shard_size=spec.merge.shard_size,
-        quantization=spec.method.quantization.model_dump(mode="json") if spec.method.kind == "qlora" else None,
-        heldout=heldout_batches(spec, model_dir, eval_cache), device="cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
     try:
+        request = MergeRequest(
+            adapters=[run.adapter], base=model_dir, out=out, dtype=spec.merge.dtype,
+            tolerance=spec.merge.tolerance, shard_size=spec.merge.shard_size,
+            quantization=spec.method.quantization.model_dump(mode="json") if spec.method.kind == "qlora" else None,
+            heldout=heldout_batches(spec, model_dir, eval_cache),
+            device="cuda" if spec.resources.gpus_per_worker > 0 else "cpu")
         with console.status("merging the adapter into the base model") as status:
             manifest = merge_and_verify(request, progress=status.update)
     except MergeVerificationFailed as err:
-        console.print(f"[red]✗ merge:[/red] {err}; the adapter is kept in {run.adapter}")
         return {"error": f"merge: {err}", "verification": err.report["verification"]}
     except MergeError as err:
-        console.print(f"[red]✗ merge:[/red] {err}")
         return {"error": f"merge: {err}"}
+    except Exception as err:  # a bug or a full disk: training succeeded, so say it and keep the adapter
+        return {"error": f"merge: {type(err).__name__}: {' '.join(str(err).split())}"}
     v = manifest["verification"]
     console.print(f"merged: {out} ({manifest['output_dtype']}, {len(manifest['merge']['shards'])} shard(s)); "
                   f"max |logit difference| vs base + adapter {v['max_abs_logit_diff']:.2e} <= {v['tolerance']:g}")

@@ -1,7 +1,8 @@
-"""Load a job file: YAML -> overrides -> JobSpec -> cross-field rules -> file checks.
+"""Load a job file: YAML -> overrides -> JobSpec -> adjustments -> cross-field rules -> file checks.
 
 Every problem is collected and raised together in one `SpecError`; nothing here raises
-anything else for bad input.
+anything else for bad input. What loading changes instead of refusing (adjustments.py) is
+said as Notes, appended to the `notes` list a caller passes in.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.spec import paths
+from orchestrator.spec.adjustments import drop_blocks_of_replaced_kind, fit_warmup
 from orchestrator.spec.models import JobSpec
-from orchestrator.spec.problems import Problem, SpecError, did_you_mean
+from orchestrator.spec.problems import Note, Problem, SpecError, did_you_mean
 from orchestrator.spec.rules import cross_field_problems
 
 _TYPE_TAG = re.compile(r"^(list|dict|literal|function-\w+|union|tagged-union|nullable|str|int|float|bool|none|lax-or-strict)\b.*|.*\[.*\]$")
 
 
-def load_spec(path: str | Path, overrides: Iterable[str] = (), check_files: bool = True) -> JobSpec:
-    """Read, override and validate a job file. Raises SpecError listing every problem."""
+def load_spec(path: str | Path, overrides: Iterable[str] = (), check_files: bool = True,
+              notes: list[Note] | None = None) -> JobSpec:
+    """Read, override and validate a job file. Raises SpecError listing every problem; what
+    loading changed on its own is appended to `notes` (when given), even when it raises."""
     raw = read_job_file(path)
-    return resolve_spec(raw, overrides, check_files=check_files)
+    return resolve_spec(raw, overrides, check_files=check_files, notes=notes)
 
 
 def read_job_file(path: str | Path) -> dict[str, Any]:
@@ -119,9 +123,14 @@ def _expanded_size(node: Any, memo: dict[int, int], visiting: set[int], depth: i
     return size
 
 
-def resolve_spec(raw: dict[str, Any], overrides: Iterable[str] = (), check_files: bool = True) -> JobSpec:
-    """Validate an already-parsed job dict (plus `key.sub=value` overrides)."""
+def resolve_spec(raw: dict[str, Any], overrides: Iterable[str] = (), check_files: bool = True,
+                 notes: list[Note] | None = None) -> JobSpec:
+    """Validate an already-parsed job dict (plus `key.sub=value` overrides). What loading
+    changed on its own is appended to `notes` (when given), even when it raises."""
+    overrides = list(overrides)
+    said = notes if notes is not None else []
     data, problems = apply_overrides(raw, overrides)
+    said += drop_blocks_of_replaced_kind(raw, data, overrides)
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
@@ -130,10 +139,12 @@ def resolve_spec(raw: dict[str, Any], overrides: Iterable[str] = (), check_files
         # removed (their defaults apply) and keep what is found away from reported paths.
         partial = _without_bad_values(data, err)
         if partial is not None:
+            said += fit_warmup(partial)
             reported = {p.path for p in problems}
             extra = cross_field_problems(partial) + (file_problems(partial) if check_files else [])
             problems += [p for p in extra if not any(_related(p.path, r) for r in reported)]
         raise SpecError(problems) from None
+    said += fit_warmup(spec)
     problems += cross_field_problems(spec)
     if check_files:
         problems += file_problems(spec)

@@ -108,6 +108,14 @@ class HeadSpec(Strict):
     """How a sequence becomes one feature vector: the last non-pad token, or the mean."""
 
 
+# The kinds each method block serves. A block for another kind is refused, except that one the
+# job file gave for its own kind is dropped, with a note, when method.kind is changed on the
+# command line (spec.adjustments).
+BLOCK_KINDS: dict[str, tuple[str, ...]] = {
+    "lora": ("lora", "qlora"), "quantization": ("qlora",), "freeze": ("freeze",), "head": ("head",),
+}
+
+
 class MethodSpec(Strict):
     kind: MethodKind = "lora"
     """full: every weight; lora: low-rank adapters; qlora: adapters over a 4-bit base;
@@ -248,7 +256,8 @@ class TrainingSpec(Strict):
     """Decay after warmup."""
 
     warmup_steps: int = Field(0, ge=0)
-    """Linear warmup steps from 0 to `lr`."""
+    """Linear warmup steps from 0 to `lr`. A warmup as long as max_steps or longer (a run
+    shortened on the command line) is cut to a tenth of max_steps, rounded down, with a note."""
 
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this; null disables clipping."""
@@ -397,6 +406,10 @@ class MergeSpec(Strict):
     shard_size: str = Field("2GB", pattern=r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][Ii]?)?[Bb]?\s*$")
     """Largest safetensors shard of the merged model (e.g. 2GB, 500MB); merging holds about one
     shard in memory."""
+
+    required: bool = False
+    """Fail the job when the merge is refused or fails verification. By default such a merge
+    is a warning: the job succeeds with its adapter, and summary.json's merge.error says why."""
 
 
 # ----------------------------------------------------------------------- promotion

@@ -1,4 +1,5 @@
-"""A problem in a job file, and the error that carries all of them at once."""
+"""A problem in a job file, the error that carries all of them at once, and the notes that say
+what loading changed in a job instead of refusing it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ class Problem:
     def __str__(self) -> str:
         where = self.path or "(job file)"
         text = f"{where}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something loading changed in a job instead of refusing it (see `spec.adjustments`):
+    where, what it did, and (when useful) how to choose otherwise. Commands print each one."""
+
+    path: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}"
         return f"{text} ({self.hint})" if self.hint else text
 
 

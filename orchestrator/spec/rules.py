@@ -8,30 +8,39 @@ from __future__ import annotations
 
 from typing import Callable
 
-from orchestrator.spec.models import JobSpec
+from orchestrator.spec.models import BLOCK_KINDS, JobSpec
 from orchestrator.spec.problems import Problem
 
 Rule = Callable[[JobSpec], list[Problem]]
 
 
 def method_blocks_match_kind(spec: JobSpec) -> list[Problem]:
+    """A method block for another kind than method.kind. (One the job file gave for its own kind
+    is dropped instead when the kind is changed on the command line: see adjustments.py.)"""
     m = spec.method
     problems = []
-    if m.lora is not None and m.kind not in ("lora", "qlora"):
+    if m.lora is not None and m.kind not in BLOCK_KINDS["lora"]:
         problems.append(Problem("method.lora", f"adapter settings do not apply to method.kind={m.kind}",
-                                "remove method.lora or set method.kind to lora or qlora"))
-    if m.quantization is not None and m.kind != "qlora":
+                                f"remove method.lora{_ON_THE_COMMAND_LINE.format(block='lora')}, "
+                                "or set method.kind to lora or qlora"))
+    if m.quantization is not None and m.kind not in BLOCK_KINDS["quantization"]:
         why = ("full fine-tuning cannot update 4-bit weights" if m.kind == "full"
                else f"method.kind={m.kind} trains unquantised weights")
         problems.append(Problem("method.quantization", f"a 4-bit base is only used by qlora; {why}",
-                                "set method.kind=qlora or remove method.quantization"))
-    if m.freeze is not None and m.kind != "freeze":
+                                "set method.kind=qlora, or remove method.quantization"
+                                + _ON_THE_COMMAND_LINE.format(block="quantization")))
+    if m.freeze is not None and m.kind not in BLOCK_KINDS["freeze"]:
         problems.append(Problem("method.freeze", f"layer freezing does not apply to method.kind={m.kind}",
-                                "remove method.freeze or set method.kind=freeze"))
-    if m.head is not None and m.kind != "head":
+                                f"remove method.freeze{_ON_THE_COMMAND_LINE.format(block='freeze')}, "
+                                "or set method.kind=freeze"))
+    if m.head is not None and m.kind not in BLOCK_KINDS["head"]:
         problems.append(Problem("method.head", f"a classification head does not apply to method.kind={m.kind}",
-                                "remove method.head or set method.kind=head"))
+                                f"remove method.head{_ON_THE_COMMAND_LINE.format(block='head')}, "
+                                "or set method.kind=head"))
     return problems
+
+
+_ON_THE_COMMAND_LINE = " (on the command line: method.{block}=null)"
 
 
 def head_needs_labels(spec: JobSpec) -> list[Problem]:
@@ -98,10 +107,6 @@ def steps_or_epochs(spec: JobSpec) -> list[Problem]:
     if t.max_steps is not None and t.epochs is not None:
         problems.append(Problem("training.epochs", "set training.max_steps or training.epochs, not both",
                                 "remove one of them"))
-    if t.max_steps is not None and t.warmup_steps >= t.max_steps:
-        problems.append(Problem("training.warmup_steps",
-                                f"warmup ({t.warmup_steps} steps) must be shorter than training.max_steps ({t.max_steps})",
-                                "lower training.warmup_steps or raise training.max_steps"))
     if t.eval_every_steps is not None and spec.data.eval is None:
         problems.append(Problem("training.eval_every_steps", "periodic evaluation needs evaluation data",
                                 "set data.eval or remove training.eval_every_steps"))

@@ -71,6 +71,28 @@ def test_a_lora_job_with_merge_enabled_writes_a_verified_model_that_matches_base
     assert code == 2 and not again.exists()
 
 
+@pytest.mark.parametrize("required", [False, True], ids=["default", "required"])
+def test_a_merge_that_fails_after_training_fails_the_job_only_when_required(tmp_path, local_ray, required):
+    # A tolerance no merge meets: verification fails after training succeeded.
+    code, run_dir, log = run(tmp_path, "strict" if required else "lenient", *SHORT, "training.max_steps=6",
+                             "resources.workers=1", "merge.tolerance=1e-12", f"merge.required={str(required).lower()}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    error = summary["merge"]["error"]
+    assert "verification failed" in error and "\n" not in error
+    assert summary["merge"]["verification"]["passed"] is False
+    assert not (run_dir / "merged").exists() and "merged" not in summary["artifacts"]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    if required:
+        assert code == 1, log
+        assert summary["status"] == "failed" and summary["error"] == error
+        assert "the job fails (merge.required)" in log
+    else:
+        assert code == 0, log
+        assert summary["status"] == "succeeded" and "error" not in summary
+        assert summary["artifacts"]["adapter"] == str(run_dir / "adapter")
+        assert "warning:" in log and "the job succeeds with its adapter" in log
+
+
 def test_a_qlora_job_merges_into_the_full_precision_base_and_reports_the_quantisation_gap(tmp_path, local_ray):
     code, run_dir, log = run(tmp_path, "qlora", *SHORT, "method.kind=qlora", "resources.workers=1")
     assert code == 0, log
