@@ -203,7 +203,7 @@ def bench_submit(args, work: Path) -> None:
         popen.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - t0
     try:
         # Baseline 2: a trivial actor call round-trip.
