@@ -157,11 +157,18 @@ def _parse(argv: list[str]) -> tuple[dict | None, str]:
         return None, complaint.getvalue().strip().splitlines()[-1]
 
 
+# The program's own flags, which come before the command's name.
+TOP_FLAGS = {flag for action in build_parser()._actions if not action.dest == "help"
+             for flag in action.option_strings}
+
+
 def _commands_named(words: list[str]) -> tuple[list[Command], list[str], list[str]]:
     """The commands the leading words name (several for `start|stop`), the words after them,
     and problems with the names."""
     by_path = {c.path: c for c in COMMANDS}
     groups = {c.group.name for c in COMMANDS if c.group is not None}
+    while words and words[0] in TOP_FLAGS:  # `ftctl --verbose COMMAND ...`
+        words = words[1:]
     if not words:
         return [], [], ["names no command"]
     if words[0] in groups:
