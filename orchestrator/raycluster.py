@@ -331,3 +331,19 @@ def quiet_stderr() -> Iterator[Callable[[], str]]:
             os.close(saved)
             sink.seek(0)
             captured.append(sink.read().decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def quiet_ray_logs() -> Iterator[None]:
+    """Ray's Python notices (a new local instance, token auth) stay out of the terminal
+    unless `verbose()`; errors still show."""
+    import logging
+
+    logger = logging.getLogger("ray")
+    before = logger.level
+    if not verbose():
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

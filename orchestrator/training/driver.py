@@ -74,8 +74,7 @@ def train_on_ray(spec: JobSpec, config: WorkerConfig, run: RunDir, address: str 
     from orchestrator.training.loop import train_loop_per_worker
 
     r = spec.resources
-    if not ray.is_initialized():
-        start_ray(address, int(r.workers * r.cpus_per_worker) + 1, console)
+    start_ray(spec, address, console)
     resources = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
@@ -113,11 +112,16 @@ def train_on_ray(spec: JobSpec, config: WorkerConfig, run: RunDir, address: str 
     return WorkerResult.from_json(json.loads(run.worker_result.read_text()))
 
 
-def start_ray(address: str | None, cpus: int, console: Console) -> None:
+def start_ray(spec: JobSpec, address: str | None, console: Console) -> None:
     """Join the cluster at `address` (else $RAY_ADDRESS), or start a private local Ray
-    instance for this run alone: another Ray on the machine is never joined implicitly."""
+    instance for this run alone: another Ray on the machine is never joined implicitly.
+    Nothing to do when this process has joined one already."""
     import ray
 
+    if ray.is_initialized():
+        return
+    r = spec.resources
+    cpus = int(r.workers * r.cpus_per_worker) + 1
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = None if raycluster.verbose() else raycluster.quiet_stderr
     options = {"log_to_driver": False, "configure_logging": False}
@@ -131,7 +135,8 @@ def start_ray(address: str | None, cpus: int, console: Console) -> None:
     needed = max(os.cpu_count() or 1, cpus)
     console.print(f"Ray: a private local instance for this run ({needed} CPUs; --address or $RAY_ADDRESS "
                   "names a cluster instead)")
-    with quiet() if quiet else contextlib.nullcontext():
+    # Not fd 2 captured, as for a join: the job is being prepared in another thread meanwhile.
+    with raycluster.quiet_ray_logs():
         ray.init(address="local", num_cpus=needed, include_dashboard=False, **options)
 
 
