@@ -28,8 +28,10 @@ class Location:
 
 
 def ftctl_home() -> Path:
-    """Cache root for the built-in model, demo data and baselines."""
-    return Path(os.environ.get("FTCTL_HOME") or Path.home() / ".cache" / "ftctl")
+    """Root of ftctl's local state: `$FTCTL_HOME` or `~/.cache/ftctl` (the built-in model, demo
+    data, baselines, the controller's store, ftctl's Ray head record)."""
+    env = os.environ.get("FTCTL_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ftctl"
 
 
 def demo_data_dir() -> Path:

@@ -284,8 +284,10 @@ def _add_from_another_process(path, worker, count, start):
 
 
 def test_processes_adding_to_one_file_lose_nothing(db_path):
-    # fork where there is one (fast: no re-import of pytest in each child); spawn elsewhere.
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # forkserver where there is one: children forked from a clean server process, not from
+    # this one, whose threads (left by earlier tests) may hold locks a forked child inherits.
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
     start = ctx.Event()
     procs = [ctx.Process(target=_add_from_another_process, args=(str(db_path), w, 50, start)) for w in range(4)]
     for p in procs:

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 from orchestrator.builtin import tasks
 from orchestrator.builtin.recipe import RECIPE, Recipe, heldout_rows, pretraining_rows
 from orchestrator.models.tiny import manifest
+from orchestrator.spec.paths import ftctl_home
 
 TINY_BASE_ID = "builtin:tiny-base"
 # Bump whenever the recipe, the tasks or anything below changes what gets built: it names
@@ -41,12 +42,6 @@ Progress = Callable[[str], None]
 
 # Seeds for held-out rows; training pools use RECIPE.seed, and `exclude` keeps them disjoint.
 BUILD_EVAL_SEED = 1_000
-
-
-def ftctl_home() -> Path:
-    """Root of ftctl's local cache: ``$FTCTL_HOME`` or ``~/.cache/ftctl``."""
-    env = os.environ.get("FTCTL_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ftctl"
 
 
 def tiny_base_dir() -> Path:
@@ -195,7 +190,7 @@ def build_tiny_base(out_dir: Path, progress: Progress | None = None, recipe: Rec
     if failing:
         raise RuntimeError(
             f"the tiny base recipe v{RECIPE_VERSION} is broken: held-out exact match {failing} is "
-            f"below {MIN_SOURCE_EXACT_MATCH}; fix the recipe in orchestrator/models/tiny/build.py "
+            f"below {MIN_SOURCE_EXACT_MATCH}; fix the recipe in orchestrator/builtin/recipe.py "
             "(more steps or a larger model) and bump RECIPE_VERSION"
         )
     _save_quietly(model, tokenizer, out_dir)
