@@ -37,7 +37,7 @@ from orchestrator.jsonfile import write_json
 CONNECT_PROBE_S = 3.0
 # Ray's own connect loop retries the GCS for minutes by default; one ftctl join waits at most
 # this many of its ~1 s rounds (Ray reads the variable at connect time).
-GCS_WAIT_ROUNDS = "10"
+GCS_WAIT_ROUNDS = "5"
 HEAD_START_TIMEOUT_S = 90.0
 
 
