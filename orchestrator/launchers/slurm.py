@@ -1,6 +1,6 @@
 """Slurm: render the sbatch script for a job (a pure function of the job and options), and
 submit it. The template is launch/slurm/ftctl.sbatch: a Ray head on the first node, workers on
-the others, `ftctl run --address`, SIGTERM forwarded to the job, requeue after a preemption."""
+the others, `ftctl run JOB.yaml --address HEAD_IP:PORT`, SIGTERM forwarded to the job, requeue after a preemption."""
 
 from __future__ import annotations
 
