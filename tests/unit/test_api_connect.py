@@ -31,6 +31,8 @@ def no_ray(monkeypatch, tmp_path):
     monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
     joined: list[str] = []
     monkeypatch.setattr(ray, "init", lambda address=None, **_: joined.append(address))
+    # The auth mode a head records is set for its clients; here it must not leak into later tests.
+    monkeypatch.setattr(raycluster, "use_auth_mode", lambda mode: joined.append(f"auth={mode}"))
     return monkeypatch, joined
 
 
@@ -115,7 +117,7 @@ def test_controller_start_replaces_a_dead_head_with_a_fresh_one(no_ray, monkeypa
     monkeypatch.setattr(raycluster, "answers", lambda address, timeout=0: address == fresh.address)
     heard: list[str] = []
     api.connect(None, start_ray=True, num_cpus=3, port=6390, say=heard.append)
-    assert started == [(3, 6390)] and joined == [fresh.address]
+    assert started == [(3, 6390)] and joined == ["auth=token", fresh.address]
     assert heard[0].startswith(dead.describe()) and "starting a fresh one" in heard[0]
     assert heard[1] == f"started {fresh.describe()}"
 
@@ -165,12 +167,12 @@ time.sleep(120)
         api.connect(None, start_ray=True, num_cpus=2)
         home = tmp_path / "home"
         head = raycluster.read_head(home)
-        assert head is not None and joined == [head.address]
+        assert head is not None and joined == [f"auth={head.auth_mode}", head.address]
         assert raycluster.head_is_alive(head) and os.getpgid(head.pid) == head.pid != os.getpgid(0)
         assert raycluster.live_head(home) == (head, None)
         # Commands run later join exactly this head.
         api.connect(None, start_ray=False)
-        assert joined == [head.address, head.address]
+        assert joined == [f"auth={head.auth_mode}", head.address] * 2
 
         assert raycluster.stop_head(home, grace_s=5) == head
         assert raycluster.group_members(head.pid) == [] and raycluster.read_head(home) is None
