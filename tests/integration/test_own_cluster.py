@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import raycluster
+from tests.integration.test_controller import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -59,7 +60,7 @@ def foreign(tmp_path):
     temp_dir = Path("/tmp") / f"foreign-ray-{os.getpid()}"
     port = raycluster.free_port()
     process = subprocess.Popen(
-        [*raycluster._ray_command(), "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}",
+        [*raycluster.ray_command(), "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}",
          "--include-dashboard=false", "--disable-usage-stats", f"--dashboard-agent-listen-port={raycluster.free_port()}",
          f"--ray-client-server-port={raycluster.free_port()}", "--num-cpus=1"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -70,16 +71,6 @@ def foreign(tmp_path):
     members = raycluster.group_members(process.pid)
     yield address, process.pid, members
     raycluster.stop_group(process.pid, grace_s=5)
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def state_of(env: dict, job_id: str) -> dict:

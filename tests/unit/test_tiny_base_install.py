@@ -14,8 +14,9 @@ import pytest
 
 from orchestrator.builtin.recipe import RECIPE
 from orchestrator.cli import main
+from orchestrator.digest import sha256_file
 from orchestrator.models.tiny import build
-from orchestrator.models.tiny.manifest import MANIFEST_FILE, file_digest
+from orchestrator.models.tiny.manifest import MANIFEST_FILE
 
 REFRESH = "ftctl build-base --from-recipe --out orchestrator/models/tiny/shipped"
 
@@ -73,7 +74,7 @@ def test_first_use_installs_the_shipped_build_in_well_under_a_few_seconds(home, 
     assert path == home / "models" / f"tiny-base-v{build.RECIPE_VERSION}"
     files = shipped_manifest()["files"]
     assert sorted(p.name for p in path.iterdir()) == sorted(files)
-    assert all(file_digest(path / name) == entry["sha256"] for name, entry in files.items())
+    assert all(sha256_file(path / name) == entry["sha256"] for name, entry in files.items())
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no staging dir left
     assert any("installed the shipped builtin:tiny-base" in m for m in messages), messages
     assert build.ensure_tiny_base(progress=lambda m: pytest.fail(f"installed again: {m}")) == path
@@ -132,7 +133,7 @@ def test_refresh_command_writes_a_build_that_installs(tmp_path, home, fake_build
     assert len(fake_build) == 1
     written = json.loads((out / MANIFEST_FILE).read_text())
     assert written["recipe_version"] == build.RECIPE_VERSION
-    assert written["files"]["model.safetensors"]["sha256"] == file_digest(out / "model.safetensors")
+    assert written["files"]["model.safetensors"]["sha256"] == sha256_file(out / "model.safetensors")
     assert sorted(written["files"]) == ["build_report.json", "model.safetensors"]
     assert f"wrote recipe v{build.RECIPE_VERSION}" in capsys.readouterr().out
 

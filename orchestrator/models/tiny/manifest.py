@@ -9,10 +9,11 @@ fresh machine copies 2 MB instead of pre-training for two minutes. Pure Python: 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
+
+from orchestrator.digest import sha256_file
 
 MANIFEST_FILE = "manifest.json"
 
@@ -21,18 +22,10 @@ class UnusableBuild(Exception):
     """A shipped build cannot be installed; the message says why."""
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path, model_id: str, recipe_version: int) -> dict:
     """Describe every file of the build in ``directory`` in its ``manifest.json``; return it."""
     files = {
-        path.name: {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+        path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
         for path in sorted(directory.iterdir())
         if path.is_file() and path.name != MANIFEST_FILE
     }
@@ -72,6 +65,6 @@ def copy_verified(source: Path, dest: Path, recipe_version: int) -> dict:
             raise UnusableBuild(f"{source} lacks {name}, which its manifest lists")
         # The copy is what gets checked: it is what will be loaded.
         shutil.copyfile(source / name, dest / name)
-        if file_digest(dest / name) != expected["sha256"]:
+        if sha256_file(dest / name) != expected["sha256"]:
             raise UnusableBuild(f"{source / name} does not match its sha256 in the manifest (damaged or edited)")
     return manifest
