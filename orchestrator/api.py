@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -41,30 +42,29 @@ def connect(address: str | None = None, start_ray: bool = True, num_cpus: int | 
     if ray.is_initialized():
         return
     say = say or (lambda message: None)
-    quiet = None if raycluster.verbose() else raycluster.quiet_stderr
     options = {"namespace": NAMESPACE, "log_to_driver": False, "configure_logging": False}
     named = address or os.environ.get("RAY_ADDRESS")
     try:
         if named:
-            raycluster.join(named, quiet, **options)
+            raycluster.join(named, **options)
             return
         home = Path(home or ftctl_home())
-        head, dead = raycluster.live_head(home)
+        head = raycluster.read_head(home)
+        if head is not None and not raycluster.head_is_alive(head):
+            if not start_ray:
+                raise ControllerUnavailable(f"{head.describe()} no longer answers; run `ftctl controller start` "
+                                            "(it starts a fresh one; jobs are kept)")
+            say(f"{head.describe()} no longer answers; cleaning it up and starting a fresh one")
+            raycluster.stop_head(home, grace_s=5.0)
+            head = None
         if head is None:
             if not start_ray:
-                if dead is not None:
-                    raise ControllerUnavailable(f"{dead.describe()} no longer answers; run `ftctl controller start` "
-                                                "(it starts a fresh one; jobs are kept)")
                 raise ControllerUnavailable("ftctl's Ray cluster is not running; start it with `ftctl controller "
                                             "start` (or name a cluster with --address or $RAY_ADDRESS)")
-            if dead is not None:
-                say(f"{dead.describe()} no longer answers; cleaning it up and starting a fresh one")
-                raycluster.stop_group(dead.pid, grace_s=5.0)
-                raycluster.forget_head(home)
             head = raycluster.start_head(home, num_cpus=num_cpus, port=port)
             say(f"started {head.describe()}")
         raycluster.use_auth_mode(head.auth_mode)
-        raycluster.join(head.address, quiet, **options)
+        raycluster.join(head.address, **options)
     except raycluster.RayUnavailable as err:
         raise ControllerUnavailable(str(err)) from None
 
@@ -227,7 +227,7 @@ def stop_controller() -> bool:
 
 def cluster_info(home: Path | None = None) -> dict[str, Any]:
     """The Ray cluster this process joined: its address, Ray version, and whether it is the
-    local head ftctl started (then also its pid, temp dir and log)."""
+    local head ftctl started (then also that head's record: pid, temp dir, log, ...)."""
     import ray
 
     from orchestrator.spec.paths import ftctl_home
@@ -236,6 +236,4 @@ def cluster_info(home: Path | None = None) -> dict[str, Any]:
     head = raycluster.read_head(Path(home or ftctl_home()))
     ours = head is not None and head.address == address
     info: dict[str, Any] = {"address": address, "ray_version": ray.__version__, "started_by_ftctl": ours}
-    if ours:
-        info |= {"pid": head.pid, "temp_dir": head.temp_dir, "log": head.log, "started_at": head.started_at}
-    return info
+    return info | asdict(head) if ours else info

@@ -76,10 +76,6 @@ def read_head(home: Path) -> Head | None:
         return None
 
 
-def forget_head(home: Path) -> None:
-    head_file(home).unlink(missing_ok=True)
-
-
 def answers(address: str, timeout: float = CONNECT_PROBE_S) -> bool:
     """Whether something accepts TCP connections at `address` (host:port, or ray://host:port)."""
     host, port = split_address(address)
@@ -111,17 +107,23 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def head_processes(head: Head) -> list[int]:
+    """The live processes of `head`: its process group, provided one of them still names the
+    head's temp dir (a group id reused by some other program after a reboot is not ours)."""
+    members = group_members(head.pid)
+    return members if any(head.temp_dir in _cmdline(pid) for pid in members) else []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def head_is_alive(head: Head) -> bool:
     """The head's processes still run and its GCS accepts connections."""
-    return bool(group_members(head.pid)) and answers(head.address)
-
-
-def live_head(home: Path) -> tuple[Head | None, Head | None]:
-    """(the recorded head if it answers, the recorded head if it does not)."""
-    head = read_head(home)
-    if head is None:
-        return None, None
-    return (head, None) if head_is_alive(head) else (None, head)
+    return bool(head_processes(head)) and answers(head.address)
 
 
 def free_port() -> int:
@@ -137,7 +139,7 @@ def head_temp_dir(home: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"ftctl-ray-{digest}"
 
 
-def _ray_command() -> list[str]:
+def ray_command() -> list[str]:
     beside = Path(sys.executable).with_name("ray")
     return [str(beside)] if beside.is_file() else [sys.executable, "-m", "ray.scripts.scripts"]
 
@@ -154,7 +156,7 @@ def start_head(home: Path, num_cpus: int | None = None, port: int | None = None,
     gcs_port = port or free_port()
     log_path = Path(home) / "ray" / "head.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = _ray_command() + [
+    cmd = ray_command() + [
         "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={gcs_port}",
         "--include-dashboard=false", "--disable-usage-stats",
         # Every port of its own, so that another Ray on the machine (which holds Ray's
@@ -238,13 +240,14 @@ def stop_group(pgid: int, grace_s: float = 15.0) -> bool:
 
 
 def stop_head(home: Path, grace_s: float = 15.0) -> Head | None:
-    """Stop the head recorded under `home` (its process group only) and forget it; the head
-    that was stopped, or None when none was recorded."""
+    """Stop the head recorded under `home` (its own processes only) and forget it; the head
+    that was recorded, or None when none was."""
     head = read_head(home)
     if head is None:
         return None
-    stop_group(head.pid, grace_s)
-    forget_head(home)
+    if head_processes(head):
+        stop_group(head.pid, grace_s)
+    head_file(home).unlink(missing_ok=True)
     return head
 
 
@@ -261,31 +264,29 @@ def bounded_gcs_wait() -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-def join(address: str, quiet: Callable[[], contextlib.AbstractContextManager] | None = None,
-         **init_options) -> None:
+def join(address: str, **init_options) -> None:
     """`ray.init` at exactly `address`, with one-line errors: nothing answers there, a
-    version mismatch (which versions differ), a cluster that wants an auth token."""
+    version mismatch (which versions differ), a cluster that wants an auth token. What Ray
+    writes while connecting stays out of the terminal unless `verbose()`."""
     import ray
 
     if not answers(address):
         raise RayUnavailable(f"no Ray cluster answers at {address} (nothing accepts connections there within "
                              f"{CONNECT_PROBE_S:g}s)")
-    said: Callable[[], str] = lambda: ""
-    try:
-        with bounded_gcs_wait(), (quiet() if quiet else contextlib.nullcontext()) as captured:
-            if captured is not None:
-                said = captured
-            ray.init(address=address, **init_options)
-    except RuntimeError as err:
-        if "Version mismatch" in str(err):
-            raise RayUnavailable(version_mismatch(address, str(err))) from None
-        raise
-    except ConnectionError as err:
-        if needs_token(said()):
-            raise RayUnavailable(f"the Ray cluster at {address} requires token authentication; set "
-                                 "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or "
-                                 "RAY_AUTH_TOKEN_PATH) and try again") from None
-        raise RayUnavailable(f"could not join the Ray cluster at {address}: {first_line(err)}") from None
+    with quiet() as said:
+        try:
+            with bounded_gcs_wait():
+                ray.init(address=address, **init_options)
+        except RuntimeError as err:
+            if "Version mismatch" in str(err):
+                raise RayUnavailable(version_mismatch(address, str(err))) from None
+            raise
+        except ConnectionError as err:
+            if needs_token(said()):
+                raise RayUnavailable(f"the Ray cluster at {address} requires token authentication; set "
+                                     "RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or "
+                                     "RAY_AUTH_TOKEN_PATH) and try again") from None
+            raise RayUnavailable(f"could not join the Ray cluster at {address}: {first_line(err)}") from None
 
 
 def version_mismatch(address: str, message: str) -> str:
@@ -315,35 +316,26 @@ def verbose() -> bool:
 
 
 @contextlib.contextmanager
-def quiet_stderr() -> Iterator[Callable[[], str]]:
-    """Keep what Ray's C++ core writes to fd 2 while connecting (retries, auth notices) out of
-    the user's terminal; yields a function returning what was written."""
-    captured: list[str] = []
+def quiet() -> Iterator[Callable[[], str]]:
+    """Keep what Ray writes to fd 2 while it starts or connects (its C++ core's retries, its
+    Python notices: a new local instance, token auth) out of the user's terminal, unless
+    `verbose()`; yields a function returning what was written so far."""
+    if verbose():
+        yield lambda: ""
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as sink:
         os.dup2(sink.fileno(), 2)
+
+        def said() -> str:
+            sys.stderr.flush()
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+
         try:
-            yield lambda: "".join(captured)
+            yield said
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            sink.seek(0)
-            captured.append(sink.read().decode(errors="replace"))
-
-
-@contextlib.contextmanager
-def quiet_ray_logs() -> Iterator[None]:
-    """Ray's Python notices (a new local instance, token auth) stay out of the terminal
-    unless `verbose()`; errors still show."""
-    import logging
-
-    logger = logging.getLogger("ray")
-    before = logger.level
-    if not verbose():
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)

@@ -140,7 +140,7 @@ def test_a_version_mismatch_is_one_line_naming_both_sides(no_ray, monkeypatch):
 
 def fake_ray(monkeypatch, script: str) -> None:
     """`ray start` replaced by a Python script (which gets ray start's arguments)."""
-    monkeypatch.setattr(raycluster, "_ray_command", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(raycluster, "ray_command", lambda: [sys.executable, "-c", script])
 
 
 def test_a_taken_port_suggests_leaving_it_to_ftctl(no_ray, monkeypatch, tmp_path):
@@ -169,7 +169,6 @@ time.sleep(120)
         head = raycluster.read_head(home)
         assert head is not None and joined == [f"auth={head.auth_mode}", head.address]
         assert raycluster.head_is_alive(head) and os.getpgid(head.pid) == head.pid != os.getpgid(0)
-        assert raycluster.live_head(home) == (head, None)
         # Commands run later join exactly this head.
         api.connect(None, start_ray=False)
         assert joined == [f"auth={head.auth_mode}", head.address] * 2
@@ -204,3 +203,19 @@ def test_stop_ray_refuses_a_cluster_ftctl_did_not_start(capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main(["controller", "stop", "--ray", "--address", "10.0.0.1:6379"]) == 2
     assert "--ray stops only the local head ftctl started" in capsys.readouterr().err
+
+
+def test_a_recorded_group_id_now_held_by_another_program_is_neither_alive_nor_stopped(tmp_path):
+    """After a reboot the recorded process-group id may belong to some other program: ftctl's
+    head is the group only while one of its processes names the head's temp dir."""
+    stranger = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        head = dead_head(tmp_path, closed_address())
+        recorded = raycluster.Head(**{**vars(head), "pid": stranger.pid})
+        raycluster.head_file(tmp_path).write_text(json.dumps(vars(recorded)))
+        assert raycluster.group_members(stranger.pid) == [stranger.pid]
+        assert raycluster.head_processes(recorded) == [] and not raycluster.head_is_alive(recorded)
+        assert raycluster.stop_head(tmp_path, grace_s=1) == recorded
+        assert stranger.poll() is None and raycluster.read_head(tmp_path) is None  # record gone, program left alone
+    finally:
+        stranger.kill()
