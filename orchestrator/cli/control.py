@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from orchestrator.cli.arguments import ADDRESS, AS_JSON, JOB_FILE, OVERRIDES, load_job
 from orchestrator.cli.command import Arg, command
-from orchestrator.cli.output import console, err_console, fail, refuse
+from orchestrator.cli.output import console, err_console, fail, note, refuse
 from orchestrator.cli.refusals import with_controller
 from orchestrator.exitcodes import ExitCode
 
@@ -157,6 +157,8 @@ def cmd_controller(action: str, address: str | None, num_cpus: int | None, port:
         problems.append(f"--num-cpus must be at least 1 (got {num_cpus})")
     if action != "stop" and (stop_ray or force):
         problems.append("--ray and --force go with `controller stop`")
+    elif force and not stop_ray:
+        problems.append("--force goes with --ray: it stops ftctl's Ray head even while jobs run")
     if problems:
         return refuse(problems)
     limits = {}
@@ -168,22 +170,19 @@ def cmd_controller(action: str, address: str | None, num_cpus: int | None, port:
         except ValueError:
             return fail(f"--quota {item!r}: write TEAM=CPUS or TEAM=CPUS:GPUS, e.g. research=8:2", ExitCode.INVALID)
 
-    def say(message: str) -> None:
-        err_console.print(escape(message), soft_wrap=True)
-
     try:
         if action == "stop":
-            return _stop(address, stop_ray, force, say)
+            return _stop(address, stop_ray, force)
         if action == "start":
-            connect(address, start_ray=True, num_cpus=num_cpus, port=port, say=say)
-        client = Client(address=address, start=action == "start", say=say, **({"quotas": limits} if limits else {}))
+            connect(address, start_ray=True, num_cpus=num_cpus, port=port, say=note)
+        client = Client(address=address, start=action == "start", **({"quotas": limits} if limits else {}))
         print(json.dumps(client.info() | {"ray": cluster_info()}, indent=2))  # JSON unwrapped, for scripts
         return ExitCode.OK
     except ControllerUnavailable as err:
         return fail(escape(str(err)))
 
 
-def _stop(address: str | None, stop_ray: bool, force: bool, say) -> int:
+def _stop(address: str | None, stop_ray: bool, force: bool) -> int:
     """`controller stop [--ray]`: the controller, then (with --ray) ftctl's own head."""
     import os
 
@@ -198,7 +197,7 @@ def _stop(address: str | None, stop_ray: bool, force: bool, say) -> int:
         return fail(f"--ray stops only the local head ftctl started; the cluster at "
                     f"{escape(address or os.environ['RAY_ADDRESS'])} is stopped by whoever started it", ExitCode.INVALID)
     try:
-        connect(address, start_ray=False, say=say)
+        connect(address, start_ray=False)
     except ControllerUnavailable as err:
         if not stop_ray:
             return fail(escape(str(err)))
@@ -207,7 +206,10 @@ def _stop(address: str | None, stop_ray: bool, force: bool, say) -> int:
         console.print(f"no Ray head of ftctl's was running{'; its stale record is removed' if head else ''}")
         return ExitCode.OK
     if stop_ray and not force:
-        active = Client(start=False).list(["RUNNING", "STARTING"]) if _controller_running() else []
+        try:
+            active = Client(start=False).list(["RUNNING", "STARTING"])
+        except ControllerUnavailable:  # no controller: no jobs it runs
+            active = []
         if active:
             return fail(f"{len(active)} job(s) are running ({', '.join(r['id'] for r in active[:5])}); stopping Ray "
                         "would stop them: cancel them first, or pass --force (they restart from their checkpoints "
@@ -220,14 +222,3 @@ def _stop(address: str | None, stop_ray: bool, force: bool, say) -> int:
         console.print(f"stopped {head.describe()}" if head else "no Ray head of ftctl's was running")
     return ExitCode.OK
 
-
-def _controller_running() -> bool:
-    import ray
-
-    from orchestrator.api import NAME, NAMESPACE
-
-    try:
-        ray.get_actor(NAME, namespace=NAMESPACE)
-        return True
-    except ValueError:
-        return False

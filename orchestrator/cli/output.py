@@ -24,6 +24,12 @@ def fail(message: str, code: ExitCode = ExitCode.FAILED) -> ExitCode:
     return code
 
 
+def note(message: str) -> None:
+    """Say on stderr what a command did on the way (started a Ray head, replaced a dead one);
+    `message` is plain text."""
+    err_console.print(escape(message), soft_wrap=True)
+
+
 def refuse(problems: Iterable[str]) -> ExitCode:
     """Say every problem with the command's options, one line each; exit 2."""
     for problem in problems:

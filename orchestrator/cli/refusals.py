@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from rich.markup import escape
 
-from orchestrator.cli.output import err_console, error_text, fail
+from orchestrator.cli.output import error_text, fail, note
 from orchestrator.exitcodes import ExitCode
 
 
@@ -28,10 +28,7 @@ def with_controller(address: str | None, action: Callable[[Any], int | None], st
     """Run `action` with a controller client (starting the controller when `start`) and return its exit code."""
     from orchestrator.api import Client, ControllerUnavailable
 
-    def say(message: str) -> None:
-        err_console.print(escape(message), soft_wrap=True)
-
     try:
-        return exit_code_of(lambda: action(Client(address=address, start=start, say=say)))
+        return exit_code_of(lambda: action(Client(address=address, start=start, say=note)))
     except ControllerUnavailable as err:
         return fail(escape(str(err)))
