@@ -22,18 +22,10 @@ class Problem:
         return f"{text} ({self.hint})" if self.hint else text
 
 
-@dataclass(frozen=True)
-class Note:
+class Note(Problem):
     """Something loading changed in a job instead of refusing it (see `spec.adjustments`):
-    where, what it did, and (when useful) how to choose otherwise. Commands print each one."""
-
-    path: str
-    message: str
-    hint: str | None = None
-
-    def __str__(self) -> str:
-        text = f"{self.path}: {self.message}"
-        return f"{text} ({self.hint})" if self.hint else text
+    where, what it did, and (when useful) how to choose otherwise. Commands print each one,
+    as a warning; it never fails the job."""
 
 
 class SpecError(Exception):

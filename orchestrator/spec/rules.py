@@ -159,6 +159,9 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
 
 
 def merge_needs_adapter(spec: JobSpec) -> list[Problem]:
+    if spec.merge.required and not spec.merge.enabled:
+        return [Problem("merge.required", "merge.required makes a failed merge fail the job, and this job merges "
+                        "nothing", "set merge.enabled: true, or remove merge.required")]
     if spec.merge.enabled and spec.method.kind not in ("lora", "qlora"):
         return [Problem("merge.enabled", f"method.kind={spec.method.kind} trains the weights themselves; there is no adapter to merge",
                         "set merge.enabled: false, or use lora/qlora")]
