@@ -39,9 +39,7 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
     """Run one job in the foreground; returns the process exit code. `job_id` and `store`:
     the controller's id of the job and the registry's SQLite file (default: $FTCTL_REGISTRY,
     else $FTCTL_HOME/controller/jobs.db)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from orchestrator.training.driver import Preemption, start_ray, train_on_ray
+    from orchestrator.training.driver import Preemption, train_on_ray
     from orchestrator.training.errors import JobFailed
     from orchestrator.training.prepare import prepare_job
     from orchestrator.training.resume import choose_resume, restarts
@@ -57,11 +55,7 @@ def run_job(spec: JobSpec, run_dir: Path | None = None, address: str | None = No
     preemption = Preemption(run.preempt, spec.checkpoint.sigterm_grace_s, console)
     config = None
     try:
-        # Ray starts (in this thread: it installs signal handlers) while the job is prepared.
-        with ThreadPoolExecutor(1, thread_name_prefix="ftctl-prepare") as pool:
-            preparing = pool.submit(prepare_job, spec, run, console)
-            start_ray(spec, address, console)
-            config = preparing.result()
+        config = prepare_job(spec, run, console)
         resume_from = choose_resume(spec, run, config.data.train_fingerprint, console, force_resume)
         config = config.with_resume(resume_from, job_id, store)
         result = train_on_ray(spec, config, run, address, console, preemption)

@@ -123,20 +123,18 @@ def start_ray(spec: JobSpec, address: str | None, console: Console) -> None:
     r = spec.resources
     cpus = int(r.workers * r.cpus_per_worker) + 1
     address = address or os.environ.get("RAY_ADDRESS")
-    quiet = None if raycluster.verbose() else raycluster.quiet_stderr
     options = {"log_to_driver": False, "configure_logging": False}
     if address:
         console.print(f"Ray: the cluster at {address}")
         try:
-            raycluster.join(address, quiet, **options)
+            raycluster.join(address, **options)
         except raycluster.RayUnavailable as err:
             raise JobFailed(str(err)) from None
         return
     needed = max(os.cpu_count() or 1, cpus)
     console.print(f"Ray: a private local instance for this run ({needed} CPUs; --address or $RAY_ADDRESS "
                   "names a cluster instead)")
-    # Not fd 2 captured, as for a join: the job is being prepared in another thread meanwhile.
-    with raycluster.quiet_ray_logs():
+    with raycluster.quiet():
         ray.init(address="local", num_cpus=needed, include_dashboard=False, **options)
 
 

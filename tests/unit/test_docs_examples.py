@@ -31,7 +31,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.cli.command import COMMANDS, Command
-from orchestrator.cli.program import CHOSEN, build_parser
+from orchestrator.cli.program import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
