@@ -38,13 +38,18 @@ class ModelSpec(Strict):
     """Hub revision (branch, tag or commit) when `path` is a hub id."""
 
     dtype: Dtype = "auto"
-    """Dtype the base weights are loaded in. `auto`: float32 on CPU, bfloat16 on GPU with bf16."""
+    """Dtype the base weights are loaded in. `auto`: weights that train load in float32 (the
+    fp32 master copy under bf16 autocast); frozen base weights (lora) load in bfloat16 on a GPU
+    with bf16; everything loads in bfloat16 with precision bf16-pure."""
 
     trust_remote_code: bool = False
     """Allow model code shipped with the checkpoint to run. Off unless you trust the source."""
 
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
-    """Attention kernel; None lets transformers choose."""
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = None
+    """Attention kernel. None chooses: flash_attention_2 on a GPU where flash-attn is installed
+    (packed rows go through its varlen path), flex_attention on other GPUs, sdpa on CPU. Packed
+    rows never build a dense mask of their own: each kernel keeps attention inside each example
+    from the position ids."""
 
 
 # -------------------------------------------------------------------------- method
@@ -265,8 +270,22 @@ class TrainingSpec(Strict):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
 
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Mixed precision. fp16 needs a GPU; bf16 works on CPU and recent GPUs."""
+    precision: Literal["fp32", "bf16", "bf16-pure", "fp16"] = "fp32"
+    """fp32; bf16: bf16 compute with fp32 master weights and optimizer states on every strategy
+    (ddp: fp32 parameters under bf16 autocast; fsdp: fp32 shards, bf16 gathered for compute;
+    ZeRO: its own fp32 master copy); bf16-pure: bf16 weights, gradients and AdamW updates, no
+    fp32 copy: about 6 bytes per trained parameter less than bf16, but updates smaller than
+    bf16's resolution (~0.4% of a weight) are lost, so losses drift from bf16's on long runs
+    (ddp and fsdp only); fp16: needs a GPU."""
+
+    kernels: Literal["auto", "liger", "none"] = "auto"
+    """Fused kernels. liger: Liger Kernel's RMSNorm, RoPE, SwiGLU/GeGLU and fused linear
+    cross-entropy (never materialises the full logits); needs CUDA, the liger-kernel package
+    and an architecture it supports. auto: liger where all three hold, otherwise none; the run
+    says which it used."""
+
+    compile: bool = False
+    """torch.compile each decoder block (the first steps are slower while it compiles)."""
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
     """Seeds model init, data order and dropout: the same seed gives the same run."""

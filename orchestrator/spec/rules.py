@@ -98,6 +98,19 @@ def precision_fits_device(spec: JobSpec) -> list[Problem]:
     if spec.training.precision == "fp16" and spec.resources.gpus_per_worker == 0:
         return [Problem("training.precision", "fp16 mixed precision needs a GPU (its loss scaler is CUDA-only)",
                         "use precision bf16 or fp32 on CPU, or set resources.gpus_per_worker")]
+    if spec.training.precision == "bf16-pure" and spec.resources.strategy == "deepspeed":
+        return [Problem("training.precision", "DeepSpeed ZeRO always keeps fp32 master weights, so bf16-pure "
+                        "cannot apply there", "use precision bf16 with deepspeed, or strategy ddp or fsdp")]
+    if spec.training.precision == "bf16-pure" and spec.method.kind == "qlora":
+        return [Problem("training.precision", "qlora's base is 4-bit and its adapters train in fp32; bf16-pure "
+                        "has nothing to apply to", "use precision bf16")]
+    return []
+
+
+def kernels_fit_device(spec: JobSpec) -> list[Problem]:
+    if spec.training.kernels == "liger" and spec.resources.gpus_per_worker == 0:
+        return [Problem("training.kernels", "Liger kernels run on CUDA only, and this job trains on CPU",
+                        "use kernels auto (none on CPU) or none, or set resources.gpus_per_worker")]
     return []
 
 
@@ -260,6 +273,7 @@ RULES: tuple[Rule, ...] = (
     strategy_options,
     qlora_placement,
     precision_fits_device,
+    kernels_fit_device,
     steps_or_epochs,
     forgetting_tasks_consistent,
     merge_needs_adapter,
