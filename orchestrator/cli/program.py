@@ -42,10 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
+    """Parse `argv`, taking `key.sub=value` overrides wherever they stand on the line.
+
+    argparse binds a command's `overrides` (nargs="*") at the first run of positional
+    arguments, so overrides written after an option (`schedule add NAME --cron C --job J
+    key=value`) would be "unrecognized". Those are appended to the overrides, in the order
+    written: the last one of a key still wins."""
+    namespace, extra = parser.parse_known_args(argv)
+    values = vars(namespace)
+    stray = [arg for arg in extra if arg.startswith("-") or "=" not in arg]
+    if extra and (stray or "overrides" not in values):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        values["overrides"] = [*values["overrides"], *extra]
+    return values
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command `argv` names (default: sys.argv) with its parsed arguments; its exit code."""
     parser = build_parser()
-    values = vars(parser.parse_args(argv))
+    values = parse(parser, argv)
     cmd: Command | None = values.pop(CHOSEN, None)
     if values.pop("verbose"):
         os.environ["FTCTL_VERBOSE"] = "1"  # read where Ray is started or joined, here and in the runners
