@@ -93,12 +93,33 @@ def _load_hint(model: ModelSpec, err: Exception) -> str:
     return f"could not load model '{model.path}': {err}"
 
 
-def torch_dtype(name: str, on_gpu: bool, precision: str):
+def torch_dtype(spec: JobSpec, on_gpu: bool):
     import torch
 
-    if name == "auto":
-        return torch.bfloat16 if on_gpu and precision == "bf16" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    from orchestrator.models.memory import load_dtype
+
+    return getattr(torch, load_dtype(spec, on_gpu))
+
+
+def attention_kernel(spec: JobSpec, on_gpu: bool) -> tuple[str | None, str]:
+    """The attention implementation a job loads its model with, and why (the run prints it).
+
+    Packed rows on a GPU need a kernel that skips the blocks between examples:
+    flash-attention's varlen path when flash-attn is installed, else FlexAttention's block
+    mask (SDPA would be handed a dense mask and lose its fast kernels). Unpacked batches, and
+    every CPU run, use SDPA."""
+    chosen = spec.model.attn_implementation
+    if chosen:
+        return chosen, f"attention: {chosen} (model.attn_implementation)"
+    if not on_gpu:
+        return None, "attention: sdpa (CPU)"
+    if not spec.data.packing or spec.method.kind == "head":
+        return None, "attention: sdpa (rows are not packed)"
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2", "attention: flash_attention_2, varlen over the packed rows"
+    return "flex_attention", "attention: flex_attention block masks over the packed rows (flash-attn not installed)"
 
 
 def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, ParamCount]:
@@ -107,9 +128,10 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
 
     m = spec.model
     kwargs: dict[str, Any] = dict(revision=m.revision, trust_remote_code=m.trust_remote_code,
-                                  dtype=torch_dtype(m.dtype, on_gpu, spec.training.precision))
-    if m.attn_implementation:
-        kwargs["attn_implementation"] = m.attn_implementation
+                                  dtype=torch_dtype(spec, on_gpu))
+    attention, _ = attention_kernel(spec, on_gpu)
+    if attention:
+        kwargs["attn_implementation"] = attention
     if spec.method.kind == "head":
         from orchestrator.models.classifier import build_classifier
 
@@ -122,7 +144,15 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
     if Path(model_dir).is_dir():  # never unpickle a local dir's weights (validation said so already)
         kwargs["use_safetensors"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        except ValueError as err:
+            if m.attn_implementation or kwargs.get("attn_implementation") != "flex_attention":
+                raise
+            print(f"attention: this architecture has no flex_attention support ({str(err).splitlines()[0][:160]}); "
+                  "using sdpa with a per-example mask")
+            kwargs["attn_implementation"] = "sdpa"
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except OSError as err:
         raise ModelError(_load_hint(m, err)) from None
     if spec.method.kind == "qlora":
@@ -130,7 +160,7 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
 
         # Norms and head to fp32 and input grads on, so adapters on a 4-bit base train stably.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
-    model = apply_method(model, spec.method)
+    model = apply_method(model, spec.method, pure=spec.training.precision == "bf16-pure")
     if spec.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -138,7 +168,9 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
     return model, count_params(model)
 
 
-def apply_method(model, method: MethodSpec):
+def apply_method(model, method: MethodSpec, pure: bool = False):
+    """Make only the weights `method` trains require grad. LoRA adapters are fp32 over a
+    16-bit base (PEFT's autocast_adapter_dtype) unless `pure` (bf16-pure) keeps them bf16."""
     kind = method.kind
     if kind == "full":
         for p in model.parameters():
@@ -154,7 +186,7 @@ def apply_method(model, method: MethodSpec):
             target_modules=lora.target_modules, use_dora=lora.use_dora, use_rslora=lora.use_rslora,
             bias=lora.bias, task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, config, autocast_adapter_dtype=not pure)
         if lora.init_adapter:
             warm_start(model, lora)
         return model

@@ -84,13 +84,27 @@ class MemoryEstimate:
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def load_dtype_bytes(spec: JobSpec) -> int:
-    """Bytes per base weight as loaded. `auto` mirrors orchestrator.models.build.torch_dtype:
-    bfloat16 on GPU with bf16 precision, else float32 (fp16 mixed precision wants fp32
-    weights: its loss scaler refuses fp16 gradients)."""
+def load_dtype(spec: JobSpec, on_gpu: bool) -> str:
+    """The dtype the base weights load in (`model.dtype`, or what `auto` means for this job).
+
+    `auto` keeps every weight that trains in float32 under bf16 mixed precision, so ddp and
+    fsdp hold fp32 master weights (and AdamW fp32 states) while computing in bf16; weights
+    that stay frozen (lora, qlora, head) load in bfloat16 on a GPU, and so does a ZeRO job,
+    which keeps its own fp32 master copy. bf16-pure loads everything in bfloat16. fp16 mixed
+    precision wants fp32 weights: its loss scaler refuses fp16 gradients."""
     if spec.model.dtype != "auto":
-        return _DTYPE_BYTES[spec.model.dtype]
-    return 2 if spec.resources.gpus_per_worker > 0 and spec.training.precision == "bf16" else 4
+        return spec.model.dtype
+    precision = spec.training.precision
+    if precision == "bf16-pure":
+        return "bfloat16"
+    if precision != "bf16" or not on_gpu:
+        return "float32"
+    trains_base = spec.method.kind in ("full", "freeze") and spec.resources.strategy != "deepspeed"
+    return "float32" if trains_base else "bfloat16"
+
+
+def load_dtype_bytes(spec: JobSpec) -> int:
+    return _DTYPE_BYTES[load_dtype(spec, spec.resources.gpus_per_worker > 0)]
 
 
 def estimate_memory(spec: JobSpec, shape: ModelShape, gpu_memory_gib: float | None = None) -> MemoryEstimate:
@@ -121,17 +135,21 @@ def estimate_memory(spec: JobSpec, shape: ModelShape, gpu_memory_gib: float | No
         weights = (total_params - untied_head + trainable) * w_bytes
     else:
         weights = total_params * w_bytes
+    pure = spec.training.precision == "bf16-pure"
     if m.kind in ("lora", "qlora"):
-        # PEFT keeps adapters in fp32 even over a 16-bit base (autocast_adapter_dtype).
-        adapter_weights = trainable * 4
-        trained_bytes = 4
+        # PEFT keeps adapters in fp32 even over a 16-bit base (autocast_adapter_dtype),
+        # except under bf16-pure.
+        trained_bytes = 2 if pure else 4
+        adapter_weights = trainable * trained_bytes
     else:
         trained_bytes = w_bytes
 
     # ---- gradients and optimizer -------------------------------------------------
     gradients = trainable * trained_bytes  # in the dtype of the weights they belong to
-    optimizer = trainable * ADAM_BYTES_PER_PARAM
-    if trained_bytes == 2:
+    # AdamW's moments take the dtype of their weights: bf16 under bf16-pure, which keeps no
+    # fp32 master copy either; ZeRO adds a master copy to 16-bit weights.
+    optimizer = trainable * (ADAM_BYTES_PER_PARAM // 2 if pure else ADAM_BYTES_PER_PARAM)
+    if trained_bytes == 2 and not pure:
         optimizer += trainable * MASTER_BYTES_PER_PARAM
 
     # ---- sharding across workers ---------------------------------------------------
@@ -213,8 +231,8 @@ def activation_bytes(spec: JobSpec, shape: ModelShape, notes: list[str] | None =
     b, s = t.per_device_batch_size, spec.data.max_seq_len
     h, i, v = shape.hidden_size, shape.intermediate_size, shape.vocab_size
     w_bytes = load_dtype_bytes(spec)
-    if t.precision in ("bf16", "fp16"):
-        a_bytes = 2  # autocast runs the matmuls in 16 bits
+    if t.precision in ("bf16", "bf16-pure", "fp16"):
+        a_bytes = 2  # autocast (or the bf16 weights themselves) runs the matmuls in 16 bits
     elif m.kind == "qlora":
         a_bytes = _DTYPE_BYTES[m.quantization.compute_dtype]
     else:
@@ -245,11 +263,12 @@ def activation_bytes(spec: JobSpec, shape: ModelShape, notes: list[str] | None =
     if m.kind != "head":
         per_token += v * (a_bytes + (4 if a_bytes < 4 else 0) + 4)
 
-    # One (batch, 1, seq, seq) attention mask: additive in the weight dtype for packed rows,
-    # boolean for padding; flash attention takes none.
-    mask = 0
-    if spec.model.attn_implementation != "flash_attention_2":
-        mask = b * s * s * (w_bytes if spec.data.packing else 1)
+    # One (batch, 1, seq, seq) boolean mask where SDPA or eager attention is handed one:
+    # padded batches, and packed rows on CPU (on a GPU they go through flash-attention's
+    # varlen path or FlexAttention's block mask, which hold no dense mask).
+    attention = spec.model.attn_implementation
+    gpu_packed = spec.data.packing and attention is None and spec.resources.gpus_per_worker > 0
+    mask = 0 if attention in ("flash_attention_2", "flex_attention") or gpu_packed else b * s * s
     return b * s * per_token + mask
 
 

@@ -274,9 +274,9 @@ class TrainingSpec(Strict):
     """fp32; bf16: bf16 compute with fp32 master weights and optimizer states on every strategy
     (ddp: fp32 parameters under bf16 autocast; fsdp: fp32 shards, bf16 gathered for compute;
     ZeRO: its own fp32 master copy); bf16-pure: bf16 weights, gradients and AdamW updates, no
-    fp32 copy: about 6 bytes per trained parameter less than bf16, but updates smaller than
-    bf16's resolution (~0.4% of a weight) are lost, so losses drift from bf16's on long runs
-    (ddp and fsdp only); fp16: needs a GPU."""
+    fp32 copy, AdamW moments in bf16: 8 bytes per trained parameter instead of 16, but updates
+    smaller than bf16's resolution (~0.4% of a weight) are lost, so losses drift from bf16's
+    on long runs (ddp and fsdp only); fp16: needs a GPU."""
 
     kernels: Literal["auto", "liger", "none"] = "auto"
     """Fused kernels. liger: Liger Kernel's RMSNorm, RoPE, SwiGLU/GeGLU and fused linear

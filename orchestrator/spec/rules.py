@@ -107,6 +107,18 @@ def precision_fits_device(spec: JobSpec) -> list[Problem]:
     return []
 
 
+def master_weights_kept(spec: JobSpec) -> list[Problem]:
+    """precision bf16 promises fp32 master weights; a 16-bit model.dtype for weights that
+    train under ddp or fsdp would quietly break that promise."""
+    m, t = spec.model, spec.training
+    if (t.precision == "bf16" and m.dtype in ("bfloat16", "float16") and spec.method.kind in ("full", "freeze")
+            and spec.resources.strategy != "deepspeed"):
+        return [Problem("model.dtype", f"model.dtype {m.dtype} with precision bf16 would train 16-bit weights with no "
+                                       "fp32 master copy", "set model.dtype auto (fp32 master weights, bf16 compute), "
+                                                           "or precision bf16-pure to train bf16 weights on purpose")]
+    return []
+
+
 def kernels_fit_device(spec: JobSpec) -> list[Problem]:
     if spec.training.kernels == "liger" and spec.resources.gpus_per_worker == 0:
         return [Problem("training.kernels", "Liger kernels run on CUDA only, and this job trains on CPU",
@@ -273,6 +285,7 @@ RULES: tuple[Rule, ...] = (
     strategy_options,
     qlora_placement,
     precision_fits_device,
+    master_weights_kept,
     kernels_fit_device,
     steps_or_epochs,
     forgetting_tasks_consistent,

@@ -27,17 +27,17 @@ import torch.distributed as dist
 from orchestrator.checkpoint.store import (Best, CheckpointError, list_checkpoints, read_trainer_state, step_of,
                                            verify_training_checkpoint)
 from orchestrator.checkpoint.writer import CheckpointWriter
-from orchestrator.data.formats import IGNORE_INDEX as IGNORE
-from orchestrator.data.pipeline import collate, load_prepared
+from orchestrator.data.pipeline import load_prepared
 from orchestrator.data.sampling import BatchPlan, DataPosition
 from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks
 from orchestrator.forgetting.watch import ForgettingWatch
 from orchestrator.jsonfile import write_json
-from orchestrator.models.build import build_model, load_tokenizer
+from orchestrator.models.build import attention_kernel, build_model, load_tokenizer
 from orchestrator.models.loss import token_loss_sum
-from orchestrator.ranks import sum_across_ranks
 from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
+from orchestrator.training.feed import BatchFeed
+from orchestrator.training.tallies import StepTallies
 from orchestrator.training.checkpointing import TrainerState, load_training_state, save_training_state
 from orchestrator.training.metrics_log import MetricsLog, mlflow_run
 from orchestrator.training.schedule import lr_lambda
@@ -66,6 +66,8 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
 
     # ---- model, optimizer, schedule ------------------------------------------------
     model, params = build_model(spec, config.model_dir, on_gpu)
+    if rank == 0:
+        print(attention_kernel(spec, on_gpu)[1])
     fsdp = uses_fsdp(spec)
     if fsdp:  # FSDP2 must shard before the optimizer sees the parameters
         model = shard_with_fsdp(model, spec, on_gpu)
@@ -149,16 +151,16 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
     started = time.perf_counter() - state.train_seconds
     preempted = False
     last_record: dict[str, Any] = {"loss": log.last_loss} if log.last_loss is not None else {}
+    feed = BatchFeed(plan, position, rank, train_set, pad_id, pin=accelerator.device.type == "cuda")
+    tallies = StepTallies(accelerator.device, state.tokens)
     while state.step < total_steps:
         position = plan.normalise(position)
-        epoch = position.epoch
-        micro = plan.micro_batches_at(position, rank)
-        batches = [collate([train_set[i] for i in idx], pad_id) for idx in micro]
-        local_tokens = sum(_loss_units(b) for b in batches)
-        global_tokens = _all_reduce_sum(local_tokens, accelerator.device)
-        loss_sum = 0.0
+        step_batches = feed.next()
+        epoch, batches = step_batches.epoch, step_batches.batches
+        global_units = tallies.units(step_batches.loss_units)
+        loss_sum = torch.zeros((), device=accelerator.device)
         for k, batch in enumerate(batches):
-            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+            batch = {key: v.to(accelerator.device, non_blocking=True) for key, v in batch.items()}
             # DeepSpeed handles accumulation itself; FSDP2 reduces every micro-batch.
             sync = k == len(batches) - 1 or deepspeed or fsdp
             with (accelerator.no_sync(model) if not sync else nullcontext()):
@@ -166,17 +168,16 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
                 # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
                 # also divides by its accumulation steps, hence that factor.
                 scale = world * (t.grad_accum_steps if deepspeed else 1)
-                accelerator.backward(token_loss * scale / max(global_tokens, 1))
-            loss_sum += float(token_loss.detach())
+                accelerator.backward(token_loss * scale / global_units.clamp(min=1))
+            loss_sum = loss_sum + token_loss.detach().float()
         if l2sp is not None:
             l2sp.add_to_gradients()
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        grad_norm = None
+        norm = None
         if t.max_grad_norm is not None:
             norm = accelerator.clip_grad_norm_(trainable, t.max_grad_norm)  # DeepSpeed: clipped in its step
             if hasattr(norm, "full_tensor"):  # FSDP2: a sharded DTensor
                 norm = norm.full_tensor()
-            grad_norm = float(norm) if norm is not None else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -184,21 +185,23 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
         state.step += 1
         state.samples += plan.global_batch
         position = plan.advance(position)
-        # One all-reduce per step: loss, tokens, and whether the driver asked us to stop.
-        asked = rank == 0 and run.preempt.exists()
-        step_loss, step_tokens, stop = sum_across_ranks(
-            [loss_sum, sum(int(b["attention_mask"].sum()) for b in batches), float(asked)], accelerator.device)
-        step_loss /= max(global_tokens, 1)
-        state.tokens += int(step_tokens)
+        # One all-reduce per step (loss, tokens, whether the driver asked us to stop), kept on
+        # the device; the host reads it at logging steps and checkpoints only.
+        tallies.end_step(loss_sum, step_batches.tokens, rank == 0 and run.preempt.exists())
+        stop = tallies.stop_requested()
+        record: dict[str, Any] = {}
+        logging_step = state.step % t.log_every_steps == 0 or state.step == total_steps
+        if logging_step or stop or (spec.checkpoint.every_steps and state.step % spec.checkpoint.every_steps == 0):
+            state.tokens = tallies.tokens()  # waits for the step to finish, so the time below is true
         elapsed = time.perf_counter() - started
         state.train_seconds = elapsed
-        record: dict[str, Any] = {}
-        if state.step % t.log_every_steps == 0 or state.step == total_steps:
+        if logging_step:
+            step_loss = tallies.step_loss_sum() / max(float(global_units), 1.0)
             record.update(step=state.step, epoch=epoch, loss=step_loss, lr=lr,
                           tokens=state.tokens, samples=state.samples, elapsed_s=round(elapsed, 3),
                           tokens_per_s=round(state.tokens / max(elapsed, 1e-9), 1))
-            if grad_norm is not None:
-                record["grad_norm"] = grad_norm
+            if norm is not None:
+                record["grad_norm"] = float(norm)
             if l2sp is not None:
                 record["l2sp_penalty"] = l2sp.penalty()
         if eval_set is not None and t.eval_every_steps and state.step % t.eval_every_steps == 0:
@@ -224,6 +227,8 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
         if gate_trips:  # stop or rollback: training further would only forget more
             break
 
+    feed.close()
+    state.tokens = tallies.tokens()
     if preempted:
         writer.wait()
         if mirror is not None:
@@ -265,22 +270,11 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------- pieces
 
 
-def _loss_units(batch: dict[str, torch.Tensor]) -> int:
-    """What the loss is averaged over: label tokens (language modelling) or examples (head)."""
-    if "label" in batch:
-        return int(batch["label"].numel())
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
-
-
 def _loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "label" in batch:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
         return torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum")
     return token_loss_sum(model, batch)
-
-
-def _all_reduce_sum(value: float, device) -> float:
-    return sum_across_ranks([float(value)], device)[0]
 
 
 def _seed_everything(seed: int) -> None:

@@ -43,7 +43,8 @@ def build_accelerator(spec: JobSpec, on_gpu: bool):
     from accelerate import Accelerator
 
     t = spec.training
-    mixed = "no" if t.precision == "fp32" else t.precision
+    # bf16-pure needs no autocast: its weights are bf16 themselves.
+    mixed = {"fp32": "no", "bf16-pure": "no"}.get(t.precision, t.precision)
     if spec.resources.strategy == "deepspeed":
         from accelerate.utils import DeepSpeedPlugin
 
@@ -72,8 +73,10 @@ def shard_with_fsdp(model, spec: JobSpec, on_gpu: bool):
     from orchestrator.models.build import decoder_layers
 
     kwargs = {}
-    if spec.training.precision == "bf16":
+    if spec.training.precision == "bf16":  # fp32 shards (master weights), gathered in bf16 for compute
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    elif spec.training.precision == "bf16-pure":  # bf16 shards; gradients still reduced in fp32
+        kwargs["mp_policy"] = MixedPrecisionPolicy(reduce_dtype=torch.float32)
     if spec.resources.offload == "all" and on_gpu:
         kwargs["offload_policy"] = CPUOffloadPolicy()
     for block in decoder_layers(model):

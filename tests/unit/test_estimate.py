@@ -135,9 +135,27 @@ def test_zero3_on_16_workers_shards_weights_gradients_and_optimizer_by_16():
     assert zero1.weights == zero2.weights == one.weights
     assert zero1.gradients == one.gradients and zero2.gradients == sixteen.gradients
     assert zero1.optimizer_states == zero2.optimizer_states == sixteen.optimizer_states
+    # FSDP shards as ZeRO-3 does, but its master weights are the fp32 parameters themselves
+    # (bf16 only while gathered for compute): the same 16 bytes per parameter, split otherwise.
     fsdp = estimate_memory(job(method__kind="full", resources__strategy="fsdp", resources__workers=16), shape)
-    assert (fsdp.weights, fsdp.gradients, fsdp.optimizer_states) == (sixteen.weights, sixteen.gradients,
-                                                                      sixteen.optimizer_states)
+    assert fsdp.weights == 2 * sixteen.weights and fsdp.gradients == 2 * sixteen.gradients
+    assert fsdp.weights + fsdp.gradients + fsdp.optimizer_states == pytest.approx(
+        sixteen.weights + sixteen.gradients + sixteen.optimizer_states, rel=1e-6)
+
+
+def test_bf16_keeps_fp32_master_weights_and_bf16_pure_halves_the_trained_bytes():
+    shape = llama3()
+    for strategy in ("ddp", "fsdp"):
+        mixed = estimate_memory(job(method__kind="full", resources__strategy=strategy), shape)
+        pure = estimate_memory(job(method__kind="full", resources__strategy=strategy,
+                                   training__precision="bf16-pure"), shape)
+        n = mixed.trainable_params
+        assert mixed.weights + mixed.gradients + mixed.optimizer_states == pytest.approx(16 * n, rel=1e-6)
+        assert pure.weights + pure.gradients + pure.optimizer_states == pytest.approx(8 * n, rel=1e-6)
+    lora = estimate_memory(job(), shape)
+    lora_pure = estimate_memory(job(training__precision="bf16-pure"), shape)
+    assert lora.weights == lora_pure.weights  # the frozen base is bf16 either way
+    assert lora_pure.adapter_weights == lora.adapter_weights // 2
 
 
 def test_full_fine_tuning_costs_16_bytes_per_parameter_in_mixed_precision():
