@@ -105,7 +105,7 @@ def finish(spec: JobSpec, run: RunDir, config, result, started: float, console: 
         name=spec.name, status=status, error=error, world_size=result.world_size, steps=result.steps,
         samples_seen=result.samples_seen, tokens_seen=result.tokens_seen, final_loss=result.final_loss,
         final_eval=result.final_eval, train_seconds=round(result.train_seconds, 3), params=result.params,
-        resumed_from=config.resume_from, restarts=restarts(run, config.job_token), checkpoint=result.checkpoint,
+        engine=result.engine or None, resumed_from=config.resume_from, restarts=restarts(run, config.job_token), checkpoint=result.checkpoint,
         mirror_errors=result.mirror_errors, forgetting=report["summary"] if report else None, forgetting_gate=gate,
         negative_transfer=report["negative_transfer"] if report else None, **forgetting_cost(result),
         baseline_cached=result.baseline_cached, merge=merge, artifacts=artifacts)

@@ -28,6 +28,8 @@ class RunSummary:
     final_eval: dict[str, float] | None = None
     train_seconds: float | None = None
     params: dict[str, int] | None = None
+    engine: str | None = None
+    """Attention, kernels and compile the model was built with."""
     resumed_from: str | None = None
     restarts: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: str | None = None

@@ -122,8 +122,9 @@ def attention_kernel(spec: JobSpec, on_gpu: bool) -> tuple[str | None, str]:
     return "flex_attention", "attention: flex_attention block masks over the packed rows (flash-attn not installed)"
 
 
-def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, ParamCount]:
-    """Load the base model and make only the weights the method trains require grad."""
+def build_model(spec: JobSpec, model_dir: str, on_gpu: bool, notes: list[str] | None = None) -> tuple[Any, ParamCount]:
+    """Load the base model and make only the weights the method trains require grad. What
+    was chosen for it (attention, kernels, compile) is appended to `notes` as one line."""
     from transformers import AutoModelForCausalLM
 
     m = spec.model
@@ -149,12 +150,18 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
         except ValueError as err:
             if m.attn_implementation or kwargs.get("attn_implementation") != "flex_attention":
                 raise
-            print(f"attention: this architecture has no flex_attention support ({str(err).splitlines()[0][:160]}); "
-                  "using sdpa with a per-example mask")
+            if notes is not None:
+                notes.append(f"this architecture has no flex_attention ({str(err).splitlines()[0][:160]}); "
+                             "using sdpa with a per-example mask")
             kwargs["attn_implementation"] = "sdpa"
             model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except OSError as err:
         raise ModelError(_load_hint(m, err)) from None
+    from orchestrator.models.kernels import apply_compile, prepare_kernels
+
+    model, kernels_note = prepare_kernels(model, spec, on_gpu)  # Liger patches the base, before PEFT wraps it
+    if notes is not None:
+        notes.append(kernels_note)
     if spec.method.kind == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -165,6 +172,8 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool) -> tuple[Any, Param
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
+    if spec.training.compile:
+        apply_compile(model)
     return model, count_params(model)
 
 

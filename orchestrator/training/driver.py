@@ -164,6 +164,8 @@ def _follow_progress(thread: threading.Thread, run: RunDir, spec: JobSpec, conso
                 status = json.loads(status_file.read_text())
                 progress.update(bar, description="training", total=status["total_steps"],
                                 info=f"world {status['world_size']}")
+                if status.get("engine"):
+                    console.print(status["engine"])
             if metrics.is_file():
                 with open(metrics) as f:
                     identity = os.fstat(f.fileno()).st_ino

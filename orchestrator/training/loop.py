@@ -32,7 +32,8 @@ from orchestrator.data.sampling import BatchPlan, DataPosition
 from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks
 from orchestrator.forgetting.watch import ForgettingWatch
 from orchestrator.jsonfile import write_json
-from orchestrator.models.build import attention_kernel, build_model, load_tokenizer
+from orchestrator.models.build import build_model, load_tokenizer
+from orchestrator.models.kernels import token_loss_fn
 from orchestrator.models.loss import token_loss_sum
 from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
@@ -65,9 +66,8 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
     _seed_everything(t.seed)
 
     # ---- model, optimizer, schedule ------------------------------------------------
-    model, params = build_model(spec, config.model_dir, on_gpu)
-    if rank == 0:
-        print(attention_kernel(spec, on_gpu)[1])
+    engine: list[str] = []  # what the model was built with: attention, kernels, compile
+    model, params = build_model(spec, config.model_dir, on_gpu, engine)
     fsdp = uses_fsdp(spec)
     if fsdp:  # FSDP2 must shard before the optimizer sees the parameters
         model = shard_with_fsdp(model, spec, on_gpu)
@@ -89,6 +89,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
         raise RuntimeError(f"DeepSpeed trains over {model.dp_world_size} ranks but the process group has {world}")
     # ZeRO-3 and FSDP need every rank in every forward pass, so evaluation is not sharded there.
     shard_eval = not fsdp and not (deepspeed and (r.zero_stage or 2) == 3)
+    loss_fn = token_loss_fn(accelerator.unwrap_model(model))  # Liger's fused loss where build_model installed it
     tokenizer = load_tokenizer(config.model_dir, spec.model)
     pad_id = int(tokenizer.pad_token_id)
 
@@ -122,7 +123,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
                      mlflow=mlflow_run(spec, config.mlflow_tracking_uri, run.root.name)
                      if spec.tracking.mlflow and rank == 0 else None)
     if rank == 0:
-        write_json(run.worker_status, {"phase": "baseline", "world_size": world,
+        write_json(run.worker_status, {"phase": "baseline", "world_size": world, "engine": "; ".join(engine),
                                        "params": {"trainable": params.trainable, "total": params.total},
                                        "total_steps": total_steps, "step": state.step})
     watch = ForgettingWatch(
@@ -164,7 +165,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
             # DeepSpeed handles accumulation itself; FSDP2 reduces every micro-batch.
             sync = k == len(batches) - 1 or deepspeed or fsdp
             with (accelerator.no_sync(model) if not sync else nullcontext()):
-                token_loss = _loss_sum(model, batch)
+                token_loss = _loss_sum(model, batch, loss_fn)
                 # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
                 # also divides by its accumulation steps, hence that factor.
                 scale = world * (t.grad_accum_steps if deepspeed else 1)
@@ -256,7 +257,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
             train_seconds=state.train_seconds, forgetting_evals=watch.evals, baseline_cached=watch.baseline_cached,
             final_loss=log.last_loss, final_eval=final, eval_base=state.eval_base,
             forgetting_history=watch.history, target_history=watch.target_history,
-            params={"trainable": params.trainable, "total": params.total},
+            params={"trainable": params.trainable, "total": params.total}, engine="; ".join(engine),
             resumed_from=str(resume_from) if resume_from else None,
             checkpoint=str(writer.committed[-1]) if writer.committed else None,
             mirror_errors=mirror_errors, gate=gate)
@@ -270,11 +271,11 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------- pieces
 
 
-def _loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _loss_sum(model, batch: dict[str, torch.Tensor], loss_fn=token_loss_sum) -> torch.Tensor:
     if "label" in batch:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
         return torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum")
-    return token_loss_sum(model, batch)
+    return loss_fn(model, batch)
 
 
 def _seed_everything(seed: int) -> None:

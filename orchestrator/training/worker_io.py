@@ -76,6 +76,7 @@ class WorkerResult:
     forgetting_history: list[dict[str, Any]] = field(default_factory=list)
     target_history: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, int] = field(default_factory=dict)
+    engine: str = ""  # attention, kernels and compile the model was built with
     resumed_from: str | None = None
     mirror_errors: list[str] = field(default_factory=list)
     gate: dict[str, Any] | None = None
