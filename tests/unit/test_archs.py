@@ -117,3 +117,18 @@ def test_a_trained_lora_adapter_merges_into_weights_that_give_base_plus_adapter(
     if ARCHS[name].moe:  # peft's all-linear adapts the experts too, and the merge wrote them
         assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_parameters"]
         assert any(".experts." in k for k in changed), sorted(changed)
+
+
+@pytest.mark.parametrize("name, refused", [("qwen3-moe", True), ("mixtral", True), ("qwen3", False)])
+def test_lora_dropout_on_a_moe_model_is_refused_before_anything_runs(name, refused, model_dir, tmp_path):
+    from orchestrator.spec import SpecError
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": "a"}) + "\n")
+    job = {"name": "arch", "model": {"path": str(model_dir(name))}, "method": {"kind": "lora", "lora": {"dropout": 0.05}},
+           "data": {"train": {"path": str(tmp_path / "train.jsonl"), "format": "text"}}}
+    if not refused:
+        resolve_spec(job)
+        return
+    with pytest.raises(SpecError) as err:
+        resolve_spec(job)
+    assert "method.lora.dropout" in str(err.value) and "dropout=0" in str(err.value)
