@@ -85,6 +85,8 @@ def _weight_change(a: Path, b: Path) -> dict[str, float] | None:
         ua, ub = load_adapter(a), load_adapter(b)
     except (AdapterError, OSError) as err:
         return {"error": str(err)}  # type: ignore[dict-item]
+    if ua.on_parameters or ub.on_parameters:  # their updates' layout needs the base model's classes
+        return {"error": "adapters on bare parameters (target_parameters, e.g. MoE experts) are not compared"}  # type: ignore[dict-item]
     import torch
 
     num, den = 0.0, 0.0

@@ -7,6 +7,10 @@ An adapter's update to the base weight W of module M is
 with scale = alpha / r (alpha / sqrt(r) under rsLoRA), alpha and r taken per module
 (alpha_pattern, and the rank from A's shape). Saved tensors that are not LoRA factors
 (modules_to_save copies, trained biases) replace the base tensor of the same name.
+
+An adapter on bare parameters (peft's `target_parameters`: a Mixture-of-Experts model's
+fused experts) is read the same way, then bound to the parameters its factors adapt
+(`Adapter.bind_parameters`, with the layouts of parameters.py), which needs the base's classes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 # Adapter kinds whose update is not `scale * B @ A` on the original base weights: they change
 # the base at initialisation (pissa, olora, corda, loftq, lora-ga) or work differently.
 _UNSUPPORTED_FLAGS = {
-    "use_qalora": "QA-LoRA", "layer_replication": "layer replication", "target_parameters": "LoRA on bare parameters",
+    "use_qalora": "QA-LoRA", "layer_replication": "layer replication",
     "trainable_token_indices": "trainable tokens", "alora_invocation_tokens": "activated LoRA",
     "arrow_config": "Arrow routing", "use_bdlora": "BD-LoRA", "kasa_config": "KaSA", "monteclora_config": "MonteCLoRA",
     "velora_config": "VeLoRA", "lora_ga_config": "LoRA-GA", "megatron_config": "Megatron layers",
@@ -42,26 +46,38 @@ class AdapterError(Exception):
 
 @dataclass
 class ModuleUpdate:
-    """The LoRA factors of one module: delta = scale * B @ A (shapes: A (r, in), B (out, r))."""
+    """The LoRA factors of one module: delta = scale * B @ A (shapes: A (r, in), B (out, r)).
+
+    On a bare parameter holding several experts, A stacks every expert's (r, in) factor
+    (rows expert-major) and B every expert's (out, r) factor (columns rank-major), as peft's
+    ParamWrapper lays them out."""
     A: torch.Tensor
     B: torch.Tensor
     scale: float
-    kind: str = "linear"              # linear | embedding
+    kind: str = "linear"              # linear | embedding | parameter (a bare parameter, bound to its layout)
     fan_in_fan_out: bool = False
     magnitude: torch.Tensor | None = None   # DoRA's per-output-row magnitude
     lora_bias: torch.Tensor | None = None   # lora_B's bias (lora_bias=True): adds scale * bias
+    experts: int = 1                  # parameter: experts stacked in it (1: a 2-D parameter)
+    swapped: bool = False             # parameter: laid out (experts, out, in), not (experts, in, out)
 
     @property
     def rank(self) -> int:
-        return int(self.A.shape[0])
+        return int(self.A.shape[0]) // self.experts
 
-    def delta_shape(self) -> tuple[int, int]:
+    def delta_shape(self) -> tuple[int, ...]:
         """The shape of the base weight this update adds to."""
         rows, cols = int(self.B.shape[0]), int(self.A.shape[1])
+        if self.experts > 1:
+            return (self.experts, rows, cols) if self.swapped else (self.experts, cols, rows)
         return (cols, rows) if self.kind == "embedding" or self.fan_in_fan_out else (rows, cols)
 
     def delta(self) -> torch.Tensor:
         """The dense update in the base weight's layout, fp32."""
+        if self.experts > 1:  # peft's ParamWrapper.get_delta_weight
+            A = self.A.float().reshape(self.experts, -1, self.A.shape[-1])   # (expert, r, in)
+            B = self.B.float().reshape(self.B.shape[0], -1, self.experts)    # (out, r, expert)
+            return (torch.einsum("ore,eri->eoi" if self.swapped else "ore,eri->eio", B, A) * self.scale).contiguous()
         d = (self.B.float() @ self.A.float()) * self.scale
         if self.kind == "embedding" or self.fan_in_fan_out:
             d = d.T
@@ -83,6 +99,22 @@ class Adapter:
     @property
     def uses_dora(self) -> bool:
         return any(u.magnitude is not None for u in self.updates.values())
+
+    @property
+    def on_parameters(self) -> bool:
+        """Some of its factors adapt bare parameters (peft's target_parameters)."""
+        return bool(self.config.get("target_parameters"))
+
+    def bind_parameters(self, layouts: dict) -> None:
+        """Key the factors on bare parameters by the parameter they adapt, in that parameter's
+        layout (`layouts`: adapter module name -> parameters.ParameterLayout)."""
+        for module, layout in layouts.items():
+            update = self.updates.pop(module, None)
+            if update is None or update.A.shape[0] % layout.experts:
+                raise AdapterError(f"{self.path}: no factors of {layout.parameter} for its {layout.experts} "
+                                   f"expert(s); the adapter is damaged or was trained on a different base")
+            self.updates[layout.parameter] = ModuleUpdate(A=update.A, B=update.B, scale=layout.scale, kind="parameter",
+                                                          experts=layout.experts, swapped=layout.swapped)
 
     def summary(self) -> dict:
         ranks = sorted({u.rank for u in self.updates.values()})

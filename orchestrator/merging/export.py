@@ -115,6 +115,9 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
                              f"original base instead")
     weights = req.weights or [1.0] * len(adapters)
     check_combinable(adapters, weights, req.method)
+    for a in adapters:
+        if a.on_parameters:
+            _bind_parameters(a, base_dir)
     density = req.density if req.density is not None else (0.5 if req.method not in EXACT_METHODS else 1.0)
     if not 0 < density <= 1:
         raise MergeError(f"density must be in (0, 1] (the fraction of each update kept), got {density}")
@@ -193,6 +196,20 @@ def merge_and_verify(req: MergeRequest, progress: Callable[[str], None] = lambda
         raise MergeError(str(err)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _bind_parameters(adapter, base_dir: Path) -> None:
+    from orchestrator.merging.parameters import parameter_layouts
+
+    try:
+        layouts = parameter_layouts(base_dir, adapter.path)
+    except (ValueError, RuntimeError, KeyError) as err:  # peft cannot place the adapter on this base
+        raise MergeError(f"adapter {adapter.path} does not fit the base {base_dir}: "
+                         f"{str(err).strip().splitlines()[0][:300]}") from None
+    try:
+        adapter.bind_parameters(layouts)
+    except AdapterError as err:
+        raise MergeError(str(err)) from None
 
 
 def gap_line(gap: dict[str, Any]) -> str:

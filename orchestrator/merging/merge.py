@@ -33,41 +33,57 @@ class MergeError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """Where one adapter module's update lands in the base: the weight (and bias) tensor names."""
+    """Where one adapter module's update lands in the base: the weight (and bias) tensor names.
+    `pieces`: the tensors the base stores the weight as, when it stores it under other names or
+    split (fused experts); `weight` is then the name the loaded model gives it."""
     module: str
     weight: str
     bias: str
+    pieces: tuple[str, ...] = ()
 
 
 def plan_targets(adapters: list[Adapter], shapes: dict[str, tuple[tuple[int, ...], str]],
-                 config: dict) -> dict[str, Target]:
-    """module name -> its tensors in the base, checked for presence, shape and tied weights."""
+                 config: dict, stored: Callable[[dict], dict] | None = None) -> dict[str, Target]:
+    """module name -> its tensors in the base, checked for presence, shape and tied weights.
+    `stored` turns tensors named as the model loads them into those its checkpoint stores
+    (parameters.stored_form), for weights the base does not store as they are loaded."""
     # transformers ties the output head to the input embedding unless the config says not to.
     tied = bool(config.get("tie_word_embeddings", True))
     targets: dict[str, Target] = {}
     for adapter in adapters:
         for module, update in adapter.updates.items():
-            weight = _find_tensor(f"{module}.weight", shapes)
-            if weight is None:
+            loaded = module if update.kind == "parameter" else f"{module}.weight"
+            want = tuple(update.delta_shape())
+            weight = _find_tensor(loaded, shapes)
+            pieces: dict[str, tuple[int, ...]] = {}
+            if weight is None and stored is not None:
+                pieces = {n: tuple(t.shape) for n, t in stored({loaded: torch.empty(want, device="meta")}).items()}
+                if any(n not in shapes for n in pieces):
+                    pieces = {}
+            if weight is None and not pieces:
                 example = next(iter(shapes), "?")
                 hint = (" (this base ties its output head to the input embedding, so it stores no separate "
                         "lm_head weight)" if module.endswith("lm_head") and tied else "")
                 raise AdapterError(f"adapter {adapter.path} changes {module}, but the base has no tensor "
-                                   f"'{module}.weight'{hint}; its tensors are named like '{example}'. Is this the "
+                                   f"'{loaded}'{hint}; its tensors are named like '{example}'. Is this the "
                                    f"base the adapter was trained on?")
             if tied and update.kind == "embedding":
                 raise AdapterError(f"adapter {adapter.path} changes the embedding {module}, which this base ties to "
                                    f"its output head: merging would change both and no longer match base + adapter")
-            want = tuple(update.delta_shape())
-            if tuple(shapes[weight][0]) != want:
-                raise AdapterError(f"adapter {adapter.path} changes {module} with an update of shape {list(want)}, "
-                                   f"but the base's {weight} has shape {list(shapes[weight][0])}; the adapter was "
-                                   f"trained on a different base")
-            bias = weight[: -len("weight")] + "bias"
+            for name, shape in (pieces or {weight: want}).items():
+                if tuple(shapes[name][0]) != shape:
+                    raise AdapterError(f"adapter {adapter.path} changes {module} with an update of shape "
+                                       f"{list(shape)}, but the base's {name} has shape {list(shapes[name][0])}; "
+                                       f"the adapter was trained on a different base")
+            if update.magnitude is not None and len(pieces) > 1:
+                raise AdapterError(f"adapter {adapter.path} is a DoRA adapter on {module}, which the base stores "
+                                   f"split in {len(pieces)} tensors; merge it with peft's merge_and_unload instead")
+            weight = weight or loaded
+            bias = weight[: -len("weight")] + "bias" if weight.endswith("weight") else ""
             if update.lora_bias is not None and bias not in shapes:
                 raise AdapterError(f"adapter {adapter.path} trains a bias for {module} (lora_bias), but the base's "
                                    f"{module} has no bias tensor to merge it into")
-            targets.setdefault(module, Target(module, weight, bias))
+            targets.setdefault(module, Target(module, weight, bias, tuple(pieces)))
     return targets
 
 
@@ -101,6 +117,9 @@ def check_combinable(adapters: list[Adapter], weights: list[float], method: str)
                              f"modules_to_save or trained biases); multi-adapter merges combine only LoRA updates")
         if any(u.lora_bias is not None for u in a.updates.values()):
             raise MergeError(f"{a.path} trains lora_B biases; multi-adapter merges combine only LoRA weight updates")
+        if a.on_parameters:
+            raise MergeError(f"{a.path} adapts bare parameters (target_parameters, e.g. a Mixture-of-Experts "
+                             f"model's experts); such adapters are merged one at a time")
 
 
 def merged_update(module: str, adapters: list[Adapter], weights: list[float], method: str,
@@ -122,9 +141,12 @@ def merge_weights(base: BaseWeights, config: dict, adapters: list[Adapter], weig
     started = time.perf_counter()
     rss_start = _reset_peak_rss()
     shapes = base.shapes()
-    targets = plan_targets(adapters, shapes, config)
-    by_weight = {t.weight: t for t in targets.values()}
-    by_bias = {t.bias: t for t in targets.values()}
+    stored = _stored_form(base.root, config)
+    targets = plan_targets(adapters, shapes, config, stored=stored)
+    by_weight = {t.weight: t for t in targets.values() if not t.pieces}
+    by_piece = {piece: t for t in targets.values() for piece in t.pieces}
+    by_bias = {t.bias: t for t in targets.values() if t.bias}
+    split: dict[str, dict[str, torch.Tensor]] = {}  # module -> the stored pieces of its update not yet written
     replacements: dict[str, torch.Tensor] = {}
     for a in adapters:
         for name, tensor in a.replacements.items():
@@ -146,6 +168,15 @@ def merge_weights(base: BaseWeights, config: dict, adapters: list[Adapter], weig
             update = merged_update(module, adapters, weights, method, density, seed)
             tensor = _apply(tensor, update, adapters[0].updates.get(module) if len(adapters) == 1 else None)
             changed += 1
+        elif name in by_piece:
+            target = by_piece[name]
+            if target.module not in split:
+                update = merged_update(target.module, adapters, weights, method, density, seed)
+                split[target.module] = stored({target.weight: update})
+            tensor = _apply(tensor, split[target.module].pop(name), None)
+            if not split[target.module]:
+                del split[target.module]
+            changed += 1
         elif name in by_bias:
             bias = _lora_bias(by_bias[name].module, adapters, weights)
             if bias is not None:
@@ -165,6 +196,23 @@ def merge_weights(base: BaseWeights, config: dict, adapters: list[Adapter], weig
         "peak_rss_growth_bytes": (peak - rss_start) if peak is not None and rss_start is not None else None,
         "modules": len(targets),
     }
+
+
+def _stored_form(base_root: Path, config: dict) -> Callable[[dict], dict]:
+    """parameters.stored_form for this base, its model built (on the meta device) on first use;
+    nothing for a base whose tensors load as they are stored."""
+    model = None
+
+    def convert(tensors: dict) -> dict:
+        nonlocal model
+        from orchestrator.merging.parameters import converts_on_load, meta_model, stored_form
+
+        if not converts_on_load(config):
+            return {}
+        model = model if model is not None else meta_model(base_root)
+        return stored_form(model, tensors)
+
+    return convert
 
 
 def _apply(weight: torch.Tensor, update: torch.Tensor, single: ModuleUpdate | None) -> torch.Tensor:

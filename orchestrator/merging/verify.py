@@ -58,6 +58,9 @@ def load_causal_lm(path: Path | str, dtype: str, device: str, quantization: dict
 
     transformers.utils.logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"dtype": DTYPES[stored] if stored else {**DTYPES, "float64": torch.float64}[dtype]}
+    if dtype == "float64":
+        # Mixture-of-Experts layers default to grouped_mm, which has no float64 kernel.
+        kwargs["experts_implementation"] = "eager"
     if quantization is not None:
         from transformers import BitsAndBytesConfig
 

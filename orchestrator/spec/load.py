@@ -7,6 +7,7 @@ said as Notes, appended to the `notes` list a caller passes in.
 
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
@@ -360,6 +361,12 @@ def file_problems(spec: JobSpec) -> list[Problem]:
                                     "use builtin:tiny-base, an existing directory, or a hub id like org/name"))
         elif not (p / "config.json").is_file():
             problems.append(Problem("model.path", f"'{loc.value}' is not a Hugging Face model directory (no config.json)"))
+        elif spec.method.lora is not None and spec.method.lora.target_modules == "all-linear" and \
+                spec.method.lora.dropout and _experts(p / "config.json") > 1:
+            # peft's all-linear adapts a Mixture-of-Experts model's experts as bare parameters,
+            # and its wrapper for those cannot apply dropout: it refuses to build.
+            problems.append(Problem("method.lora.dropout", f"'{loc.value}' is a Mixture-of-Experts model: LoRA "
+                                    f"on its experts (all-linear adapts them) cannot use dropout", "set method.lora.dropout=0"))
     sources = [("data.train.path", spec.data.train.path)]
     if spec.data.eval is not None:
         sources.append(("data.eval.path", spec.data.eval.path))
@@ -376,6 +383,16 @@ def file_problems(spec: JobSpec) -> list[Problem]:
         problems.append(Problem("method.lora.init_adapter", f"'{lora.init_adapter}' is not a PEFT adapter dir "
                                 "(no adapter_config.json)", "point it at a run's adapter/ dir"))
     return problems
+
+
+def _experts(config_file: Path) -> int:
+    """How many experts each MoE layer of a model has (0: not a Mixture-of-Experts model)."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return 0  # the model's loader reports a damaged config
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    return max((int(config.get(k) or 0) for k in ("num_experts", "num_local_experts", "n_routed_experts")), default=0)
 
 
 def _data_file_problems(where: str, value: str) -> list[Problem]:

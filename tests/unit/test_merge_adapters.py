@@ -156,7 +156,6 @@ def test_a_non_lora_adapter_is_refused(tmp_path):
 
 @pytest.mark.parametrize("flag, value, what", [
     ("use_qalora", True, "QA-LoRA"), ("layer_replication", [[0, 1]], "layer replication"),
-    ("target_parameters", ["mlp.experts.down_proj"], "LoRA on bare parameters"),
 ])
 def test_an_unsupported_lora_variant_is_refused_with_the_alternative(tmp_path, flag, value, what):
     path = make_adapter(tmp_path / "a", {Q: lora(6, 8, 2, 1)}, **{flag: value})

@@ -1,7 +1,6 @@
 """A job's merge step after training: a refused merge is a warning and the job keeps its
-adapter, unless merge.required makes it fail the job. The refusal is the real one (an adapter
-on bare parameters, as LoRA on a Mixture-of-Experts model's experts is), raised before any
-model is loaded."""
+adapter, unless merge.required makes it fail the job. The refusal is the real one (a QA-LoRA
+adapter), raised before any model is loaded."""
 
 from __future__ import annotations
 
@@ -16,12 +15,11 @@ from orchestrator.pipeline import merge_step
 from orchestrator.rundir import RunDir
 from orchestrator.spec import resolve_spec
 
-MOE_ADAPTER = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": [],
-               "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}
+QALORA_ADAPTER = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "use_qalora": True}
 
 
 def job(required: bool):
-    return resolve_spec({"name": "moe", "data": {"train": {"path": "train.jsonl"}},
+    return resolve_spec({"name": "qalora", "data": {"train": {"path": "train.jsonl"}},
                          "method": {"kind": "lora"}, "merge": {"enabled": True, "required": required}},
                         check_files=False)
 
@@ -31,7 +29,7 @@ def trained_run(tmp_path) -> RunDir:
     """A run dir whose training left a LoRA adapter that this merge refuses."""
     run = RunDir(tmp_path / "run")
     run.adapter.mkdir(parents=True)
-    (run.adapter / "adapter_config.json").write_text(json.dumps(MOE_ADAPTER))
+    (run.adapter / "adapter_config.json").write_text(json.dumps(QALORA_ADAPTER))
     return run
 
 
@@ -45,7 +43,7 @@ def step(spec, run: RunDir) -> tuple[dict, str | None, str]:
 def test_a_refused_merge_is_a_warning_and_the_job_keeps_its_adapter(trained_run):
     merge, error, said = step(job(required=False), trained_run)
     assert error is None  # the job does not fail
-    assert "target_parameters" in merge["error"] and "does not implement" in merge["error"]
+    assert "use_qalora" in merge["error"] and "does not implement" in merge["error"]
     assert "\n" not in merge["error"]
     assert "path" not in merge and not trained_run.merged.exists()
     assert (trained_run.adapter / "adapter_config.json").is_file()
@@ -55,7 +53,7 @@ def test_a_refused_merge_is_a_warning_and_the_job_keeps_its_adapter(trained_run)
 
 def test_with_merge_required_a_refused_merge_fails_the_job(trained_run):
     merge, error, said = step(job(required=True), trained_run)
-    assert error == merge["error"] and "target_parameters" in error
+    assert error == merge["error"] and "use_qalora" in error
     assert "the job fails (merge.required)" in said and "warning" not in said
 
 
