@@ -24,11 +24,6 @@ from tests.archs import ARCHS, make_model_dir
 ROWS = [{"messages": [{"role": "user", "content": f"add {i} and {i + 3}"},
                       {"role": "assistant", "content": f"{2 * i + 3}"}]} for i in range(6)]
 
-# With a sliding window shorter than an example, the dense block mask loss.py builds for packed
-# rows lets a token see past the window; unpacked, the model keeps to it.
-WINDOW_LOST = pytest.mark.xfail(strict=True, reason="packed rows drop the sliding window (orchestrator/models/loss.py)")
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     made = {}
@@ -73,8 +68,7 @@ def train(model, batch, lr: float, steps: int = 5) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=WINDOW_LOST) if n in ("mistral", "gemma2") else n
-                                  for n in ARCHS])
+@pytest.mark.parametrize("name", ARCHS)
 def test_a_packed_row_has_the_loss_of_its_examples_alone(name, model_dir):
     model, tokenizer = load(model_dir(name), "full")
     model.eval()
