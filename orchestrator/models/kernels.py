@@ -11,6 +11,7 @@ hooks of every wrapper (PEFT, DDP, the FSDP2 root, the DeepSpeed engine) still r
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -121,3 +122,29 @@ def fused_token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def token_loss_fn(model) -> Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]:
     """The summed token loss for this (unwrapped) model: fused where Liger's loss is on."""
     return fused_token_loss_sum if uses_fused_loss(model) else token_loss_sum
+
+
+def adapters_under_autocast(model, spec: JobSpec) -> list:
+    """The LoRA layers whose input casts autocast makes redundant: PEFT casts each adapted
+    layer's input to its adapter's dtype (a copy of the activation, fp32 over a bf16 base) and
+    autocast then runs the adapter's matmuls in 16 bits anyway. Only ddp steps run under
+    Accelerate's autocast (fsdp gathers adapters in bf16, ZeRO holds them in bf16)."""
+    if (spec.method.kind not in ("lora", "qlora") or spec.training.precision not in ("bf16", "fp16")
+            or spec.resources.strategy != "ddp"):
+        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def input_casts_skipped(layers: list):
+    """Skip the input casts of `layers` (from adapters_under_autocast) while training steps run;
+    evaluation and generation outside autocast keep them."""
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.cast_input_dtype_enabled = True

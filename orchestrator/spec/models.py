@@ -62,8 +62,10 @@ class LoraSpec(Strict):
     alpha: float = Field(16.0, gt=0)
     """Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA)."""
 
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the LoRA input."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input. Off by default: at 0 the adapter reads the layer's input as
+    it is, while any dropout keeps a dropped-out copy of every adapted input (seven per block
+    with all-linear), which costs LoRA memory and time; MoE experts take none."""
 
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every linear layer

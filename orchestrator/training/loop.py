@@ -33,7 +33,7 @@ from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks
 from orchestrator.forgetting.watch import ForgettingWatch
 from orchestrator.jsonfile import write_json
 from orchestrator.models.build import build_model, load_tokenizer
-from orchestrator.models.kernels import token_loss_fn
+from orchestrator.models.kernels import adapters_under_autocast, input_casts_skipped, token_loss_fn
 from orchestrator.models.loss import token_loss_sum
 from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
@@ -90,6 +90,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
     # ZeRO-3 and FSDP need every rank in every forward pass, so evaluation is not sharded there.
     shard_eval = not fsdp and not (deepspeed and (r.zero_stage or 2) == 3)
     loss_fn = token_loss_fn(accelerator.unwrap_model(model))  # Liger's fused loss where build_model installed it
+    autocast_adapters = adapters_under_autocast(model, spec)
     tokenizer = load_tokenizer(config.model_dir, spec.model)
     pad_id = int(tokenizer.pad_token_id)
 
@@ -164,7 +165,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
             batch = {key: v.to(accelerator.device, non_blocking=True) for key, v in batch.items()}
             # DeepSpeed handles accumulation itself; FSDP2 reduces every micro-batch.
             sync = k == len(batches) - 1 or deepspeed or fsdp
-            with (accelerator.no_sync(model) if not sync else nullcontext()):
+            with (accelerator.no_sync(model) if not sync else nullcontext()), input_casts_skipped(autocast_adapters):
                 token_loss = _loss_sum(model, batch, loss_fn)
                 # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
                 # also divides by its accumulation steps, hence that factor.

@@ -74,3 +74,31 @@ def test_lora_adapters_are_fp32_over_a_bf16_base_and_bf16_under_bf16_pure():
     assert all(p.dtype == torch.bfloat16 for p in mixed.parameters() if not p.requires_grad)
     pure, _ = build_model(job("lora", "bf16-pure"), str(ensure_tiny_base()), on_gpu=True)
     assert all(p.dtype == torch.bfloat16 for p in pure.parameters())
+
+
+def test_adapter_input_casts_are_skipped_only_under_autocast_and_change_nothing():
+    from orchestrator.models.kernels import adapters_under_autocast, input_casts_skipped
+
+    spec = job("lora", "bf16")
+    model, _ = build_model(spec, str(ensure_tiny_base()), on_gpu=True)  # bf16 base, fp32 adapters
+    layers = adapters_under_autocast(model, spec)
+    assert len(layers) > 0
+    assert adapters_under_autocast(model, job("lora", "bf16", "fsdp")) == []
+    assert adapters_under_autocast(model, job("lora", "fp32")) == []
+    ids = torch.arange(1, 33).reshape(2, 16)
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    cast_loss, cast_grads = loss_and_grads()
+    with input_casts_skipped(layers):
+        skipped_loss, skipped_grads = loss_and_grads()
+    assert all(layer.cast_input_dtype_enabled for layer in layers)  # restored for evaluation
+    assert skipped_loss == pytest.approx(cast_loss, rel=1e-2)
+    assert all(g.dtype == torch.float32 for g in skipped_grads)
+    for a, b in zip(cast_grads, skipped_grads):
+        assert torch.allclose(a, b, rtol=0.05, atol=1e-3)
