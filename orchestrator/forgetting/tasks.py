@@ -20,22 +20,32 @@ TARGET = "target"  # the name data.eval goes by when it is measured like a sourc
 @dataclass(frozen=True)
 class PreparedTask:
     name: str
-    metric: str  # exact_match, loss or perplexity
+    metric: str  # exact_match, loss, perplexity, choice, choice_norm, or the lm-eval metric the gate reads
     rows: tuple[tuple[str, str], ...] | None = None  # exact_match: (prompt, response) pairs
     cache_dir: str | None = None  # loss / perplexity: the tokenised rows
+    choices: tuple[tuple[str, tuple[str, ...], int], ...] | None = None  # choice: (prompt, choices, answer)
+    lm_eval: dict[str, Any] | None = None  # lm-eval: task, num_fewshot, limit, include_path, metric key
+    higher_is_better: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "metric": self.metric}
+        out: dict[str, Any] = {"name": self.name, "metric": self.metric, "higher_is_better": self.higher_is_better}
         if self.rows is not None:
             out["rows"] = [{"prompt": p, "response": r} for p, r in self.rows]
         if self.cache_dir is not None:
             out["cache_dir"] = self.cache_dir
+        if self.choices is not None:
+            out["choices"] = [{"prompt": p, "choices": list(c), "answer": a} for p, c, a in self.choices]
+        if self.lm_eval is not None:
+            out["lm_eval"] = self.lm_eval
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "PreparedTask":
         rows = tuple((r["prompt"], r["response"]) for r in data["rows"]) if data.get("rows") is not None else None
-        return cls(data["name"], data["metric"], rows, data.get("cache_dir"))
+        choices = (tuple((r["prompt"], tuple(r["choices"]), int(r["answer"])) for r in data["choices"])
+                   if data.get("choices") is not None else None)
+        return cls(data["name"], data["metric"], rows, data.get("cache_dir"), choices, data.get("lm_eval"),
+                   data.get("higher_is_better", True))
 
 
 def prepare_tasks(spec: JobSpec, tokenizer) -> list[PreparedTask]:

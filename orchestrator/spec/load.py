@@ -370,7 +370,14 @@ def file_problems(spec: JobSpec) -> list[Problem]:
     sources = [("data.train.path", spec.data.train.path)]
     if spec.data.eval is not None:
         sources.append(("data.eval.path", spec.data.eval.path))
-    sources += [(f"forgetting.tasks.{i}.path", t.path) for i, t in enumerate(spec.forgetting.tasks)]
+    sources += [(f"forgetting.tasks.{i}.path", t.path) for i, t in enumerate(spec.forgetting.tasks) if t.path]
+    sources += [(f"forgetting.tasks.{i}.fewshot_path", t.fewshot_path) for i, t in enumerate(spec.forgetting.tasks)
+                if t.fewshot_path]
+    for i, task in enumerate(spec.forgetting.tasks):
+        include = task.lm_eval.include_path if task.lm_eval else None
+        if include and not include.startswith(paths.DEMO_PREFIX) and not Path(include).expanduser().is_dir():
+            problems.append(Problem(f"forgetting.tasks.{i}.lm_eval.include_path",
+                                    f"'{include}' is not a folder of lm-eval task YAMLs", "point it at an existing folder"))
     for where, value in sources:
         problems += _data_file_problems(where, value)
     for i, file in enumerate(spec.data.train.files or []):

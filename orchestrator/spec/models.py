@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MethodKind = Literal["full", "lora", "qlora", "freeze", "head"]
 Strategy = Literal["ddp", "fsdp", "deepspeed"]
 DataFormat = Literal["text", "instruction", "chat", "classification"]
+TaskFormat = Literal["text", "instruction", "chat", "classification", "multiple_choice"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 # Job, adapter and schedule names (a schedule names its jobs and adapter after itself); each
@@ -370,19 +371,52 @@ class CheckpointSpec(Strict):
 # ---------------------------------------------------------------------- forgetting
 
 
+class LmEvalTaskSpec(Strict):
+    task: str = Field(min_length=1)
+    """An lm-evaluation-harness task or group name (arc_easy, mmlu_stem, gsm8k, ...), from
+    lm-eval's own registry or from `include_path`."""
+
+    num_fewshot: int | None = Field(None, ge=0, le=64)
+    """Few-shot examples per prompt; None keeps the task's own default."""
+
+    limit: int | None = Field(None, ge=1)
+    """Evaluate at most N documents per task (bounds cost; lm-eval takes the first N)."""
+
+    include_path: str | None = None
+    """A folder of local task YAMLs (offline clusters); `builtin:demo/lm_eval` holds the
+    built-in base model's source tasks in multiple-choice form."""
+
+    metric: str | None = None
+    """The lm-eval metric the gate reads (acc, acc_norm, exact_match, ...); None: the task's
+    primary metric, the first of its metric_list."""
+
+
 class ForgettingTaskSpec(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     """Task name used in reports."""
 
-    path: str
-    """Held-out source-task data (same path rules as data.train.path)."""
+    path: str | None = None
+    """Held-out source-task data (same path rules as data.train.path); not with lm_eval."""
 
-    format: DataFormat = "instruction"
-    """Row format of the file."""
+    lm_eval: LmEvalTaskSpec | None = None
+    """Measure an lm-evaluation-harness task instead of a file of rows: its metric is exactly
+    what lm-eval computes for a Hugging Face model."""
 
-    metric: Literal["loss", "perplexity", "exact_match", "accuracy"] = "exact_match"
+    format: TaskFormat = "instruction"
+    """Row format of the file: a training format, or multiple_choice for rows
+    {prompt, choices: [...], answer: index}."""
+
+    metric: Literal["loss", "perplexity", "exact_match", "accuracy", "choice", "choice_norm"] = "exact_match"
     """exact_match: greedy answer equals the response; loss/perplexity: on the response
-    (or whole text); accuracy: classification rows."""
+    (or whole text); accuracy: classification rows; choice: the choice with the highest
+    log-likelihood is the answer (choice_norm: log-likelihood per byte of the choice)."""
+
+    num_fewshot: int = Field(0, ge=0, le=64)
+    """exact_match and choice: put this many solved examples before each prompt, drawn with a
+    fixed seed from `fewshot_path` (default: the task's own file, never the row itself)."""
+
+    fewshot_path: str | None = None
+    """Where few-shot examples come from (same format as the task's rows)."""
 
     max_examples: int | None = Field(200, ge=1)
     """Evaluate on at most N rows (keeps evaluation cheap)."""

@@ -84,8 +84,14 @@ def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:
     sources = [data["train"], data.get("eval"), *(data.get("replay") or {}).get("sources", []),
                *(out.get("forgetting") or {}).get("tasks", [])]
     for source in sources:
-        if source and locate_data(source["path"]).kind == "local":
+        if source and source.get("path") and locate_data(source["path"]).kind == "local":
             source["path"] = anchored(source["path"])
+    for task in (out.get("forgetting") or {}).get("tasks", []):
+        if task.get("fewshot_path") and locate_data(task["fewshot_path"]).kind == "local":
+            task["fewshot_path"] = anchored(task["fewshot_path"])
+        include = (task.get("lm_eval") or {}).get("include_path")
+        if include and not include.startswith(DEMO_PREFIX):
+            task["lm_eval"]["include_path"] = anchored(include)
     lora = (out.get("method") or {}).get("lora") or {}
     if lora.get("init_adapter"):
         lora["init_adapter"] = anchored(lora["init_adapter"])

@@ -147,6 +147,25 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
         if task.name in seen:
             problems.append(Problem(f"{where}.name", f"task name '{task.name}' is used twice", "give each task its own name"))
         seen.add(task.name)
+        if task.lm_eval is not None:
+            native = sorted(set(task.model_fields_set) & {"path", "format", "metric", "num_fewshot", "fewshot_path"})
+            if native:
+                problems.append(Problem(f"{where}.{native[0]}", f"an lm_eval task takes its data, format and metric "
+                                                               f"from lm-eval, so {', '.join(native)} do not apply",
+                                        "remove them; set lm_eval.metric or lm_eval.num_fewshot instead"))
+            continue
+        if task.path is None:
+            problems.append(Problem(f"{where}.path", "a forgetting task needs its rows (path) or an lm-eval task (lm_eval)",
+                                    "set path to a file of held-out rows, or lm_eval.task"))
+        choice = task.metric in ("choice", "choice_norm")
+        if choice != (task.format == "multiple_choice"):
+            problems.append(Problem(f"{where}.metric", "multiple_choice rows are measured by choice or choice_norm, and "
+                                                       "only they can be", "use format multiple_choice with metric choice "
+                                                                           "(or choice_norm)"))
+            continue
+        if (task.num_fewshot or task.fewshot_path) and task.metric not in ("exact_match", "choice", "choice_norm"):
+            problems.append(Problem(f"{where}.num_fewshot", f"few-shot prompting applies to exact_match and choice, "
+                                                            f"not {task.metric}", "remove num_fewshot and fewshot_path"))
         if task.metric == "accuracy" and task.format != "classification":
             problems.append(Problem(f"{where}.metric", "accuracy is measured on classification rows",
                                     "use exact_match or loss for generative tasks, or format: classification"))
