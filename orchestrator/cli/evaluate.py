@@ -18,26 +18,37 @@ from orchestrator.exitcodes import ExitCode
          Arg("--adapter", type=Path, default=None, help="a PEFT adapter dir (a run's adapter/)"),
          Arg("--tasks", nargs="*", default=[], metavar="[NAME=]PATH", help="held-out task files (instruction rows)"),
          Arg("--job", type=Path, default=None, help="take the tasks (and gates) from this job's forgetting section"),
+         Arg("--lm-eval", default=None, dest="lm_eval", metavar="TASK[,TASK]",
+             help="lm-evaluation-harness tasks or groups (arc_easy,mmlu_stem,...), scored as lm-eval scores them"),
+         Arg("--include-path", default=None, help="lm-eval: a folder of local task YAMLs (builtin:demo/lm_eval: "
+                                                  "the built-in base model's source tasks)"),
+         Arg("--num-fewshot", type=int, default=None, help="lm-eval: few-shot examples (default: each task's own)"),
+         Arg("--limit", type=int, default=None, help="lm-eval: at most N documents per task"),
          METRIC,
          MAX_EXAMPLES,
          Arg("--max-drop", type=float, default=None, help="gate: the largest allowed drop of any task"),
          Arg("--json", type=Path, default=None, dest="out", help="also write the values and report here"),
          exits="With --adapter, the base model and the adapted one are compared. Exit 0, or 4 when a"
                " task's drop exceeds --max-drop (or the job's gates).")
-def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Path | None, metric: str,
+def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Path | None, lm_eval: str | None,
+             include_path: str | None, num_fewshot: int | None, limit: int | None, metric: str,
              max_examples: int | None, max_drop: float | None, out: Path | None) -> int:
     """Evaluate a model (and an adapter on it) on held-out source tasks; print the forgetting table."""
     from orchestrator.spec import SpecError
 
-    if not tasks and job is None:
-        return fail("name the tasks: --tasks PATH|NAME=PATH ..., or --job JOB.yaml to use its forgetting.tasks",
-                    ExitCode.INVALID)
+    if not tasks and job is None and not lm_eval:
+        return fail("name the tasks: --tasks PATH|NAME=PATH ..., --lm-eval TASK[,TASK], or --job JOB.yaml to use "
+                    "its forgetting.tasks", ExitCode.INVALID)
+    if job is not None and (lm_eval or tasks):
+        return fail("--job brings its own forgetting.tasks; leave out --tasks and --lm-eval", ExitCode.INVALID)
     if job is None and model is None:
         return fail("--model is needed without --job", ExitCode.INVALID)
     from orchestrator.forgetting.standalone import eval_spec, evaluate_standalone
 
     try:
-        spec = eval_spec(model, tasks, job, metric, max_examples, max_drop)
+        lm_tasks = [{"task": t.strip(), "include_path": include_path, "num_fewshot": num_fewshot, "limit": limit}
+                    for t in (lm_eval or "").split(",") if t.strip()]
+        spec = eval_spec(model, tasks, job, metric, max_examples, max_drop, lm_tasks)
     except SpecError as err:
         print_problems(job or Path("--tasks"), err)
         return ExitCode.INVALID

@@ -28,7 +28,12 @@ def evaluate_tasks(accelerator, model, tasks: list[PreparedTask], tokenizer, pad
     unwrapped = accelerator.unwrap_model(model)
     out: dict[str, float] = {}
     for task in tasks:
-        if task.metric == "exact_match":
+        if task.lm_eval is not None:  # every rank runs lm-eval's whole evaluation (see forgetting/lm_eval.py)
+            from orchestrator.forgetting.lm_eval import evaluate as lm_evaluate
+
+            with gathered_params(unwrapped):
+                out[task.name] = lm_evaluate(unwrapped, tokenizer, task.lm_eval, task.metric, accelerator.device)
+        elif task.metric == "exact_match":
             rows = [{"prompt": p, "response": r} for p, r in (task.rows or ())[rank::world]]
             with gathered_params(unwrapped):
                 correct = greedy_exact_match(unwrapped, tokenizer, rows) * len(rows) if rows else 0.0

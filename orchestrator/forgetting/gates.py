@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.forgetting.metrics import change
+from orchestrator.forgetting.tasks import task_metric
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def gates_of(forgetting) -> list[Gate]:
     for task in forgetting.tasks:
         limit = task.max_drop if task.max_drop is not None else forgetting.max_drop
         if limit is not None:
-            out.append(Gate(task.name, task.metric, float(limit)))
+            out.append(Gate(task.name, task_metric(task), float(limit)))
     return out
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.forgetting.gates import gates_of
-from orchestrator.forgetting.metrics import HIGHER_IS_BETTER, change
+from orchestrator.forgetting.metrics import change, higher_is_better
+from orchestrator.forgetting.tasks import task_metric
 from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 
@@ -26,9 +27,10 @@ def build_forgetting_report(spec: JobSpec, history: list[dict[str, Any]],
         if not evals:
             continue
         final = _at(evals, final_step)
-        entry = {"metric": task.metric, "higher_is_better": HIGHER_IS_BETTER[task.metric], "base": evals[0]["value"],
+        metric = task_metric(task)
+        entry = {"metric": metric, "higher_is_better": higher_is_better(metric), "base": evals[0]["value"],
                  "evals": evals, "final_step": final["step"], "final": final["value"],
-                 **change(task.metric, evals[0]["value"], final["value"])}
+                 **change(metric, evals[0]["value"], final["value"])}
         if task.name in limits:
             entry["max_drop"] = limits[task.name]
             entry["passed"] = entry["drop"] <= limits[task.name] + 1e-12

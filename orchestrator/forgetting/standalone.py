@@ -17,9 +17,10 @@ _TASK_NAME = re.compile(r"^[A-Za-z0-9_.-]*$")  # ForgettingTaskSpec.name's patte
 
 
 def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_examples: int | None,
-              max_drop: float | None) -> JobSpec:
+              max_drop: float | None, lm_tasks: list[dict[str, Any]] | None = None) -> JobSpec:
     """A job holding just what evaluation needs: the model and the forgetting tasks, from
-    `job`'s forgetting section or from `name=path` / `path` entries."""
+    `job`'s forgetting section, from `name=path` / `path` entries, or lm-eval task settings
+    (`lm_tasks`: the lm_eval blocks, one per task)."""
     from orchestrator.spec import SpecError, load_spec, resolve_spec
 
     if job is not None:
@@ -35,7 +36,11 @@ def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_e
             name, path = "", item
         name = name or Path(path).stem.removeprefix("source_")
         entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples})
-    raw = {"name": "eval", "model": {"path": model}, "data": {"train": {"path": entries[0]["path"]}},
+    for block in lm_tasks or []:
+        entries.append({"name": re.sub(r"[^A-Za-z0-9_.-]", "_", block["task"])[:64],
+                        "lm_eval": {k: v for k, v in block.items() if v is not None}})
+    stand_in = next((e["path"] for e in entries if "path" in e), "builtin:demo/target_train.jsonl")
+    raw = {"name": "eval", "model": {"path": model}, "data": {"train": {"path": stand_in}},
            "forgetting": {"tasks": entries, "max_drop": max_drop}}
     try:
         return resolve_spec(raw)

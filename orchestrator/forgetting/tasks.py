@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.spec.models import DataSourceSpec, JobSpec
+from orchestrator.spec.models import DataSourceSpec, ForgettingTaskSpec, JobSpec
 
 EXACT_MATCH_ROWS = 200  # rows per exact-match task when the task sets no max_examples
 TARGET = "target"  # the name data.eval goes by when it is measured like a source task
@@ -54,6 +54,11 @@ def prepare_tasks(spec: JobSpec, tokenizer) -> list[PreparedTask]:
 
     prepared = []
     for task in spec.forgetting.tasks:
+        if task.lm_eval is not None:
+            from orchestrator.forgetting.lm_eval import prepare
+
+            prepared.append(prepare(task.name, task.lm_eval))
+            continue
         source = DataSourceSpec(path=task.path, format=task.format, max_examples=task.max_examples)
         if task.metric == "exact_match":
             prepared.append(PreparedTask(task.name, task.metric, rows=answer_rows(source, task.max_examples
@@ -63,6 +68,16 @@ def prepare_tasks(spec: JobSpec, tokenizer) -> list[PreparedTask]:
             cache = prepare_dataset(source, unpacked, tokenizer).cache_dir
             prepared.append(PreparedTask(task.name, task.metric, cache_dir=str(cache)))
     return prepared
+
+
+def task_metric(task: ForgettingTaskSpec) -> str:
+    """The metric a forgetting task's gate and report read: its own, or for an lm_eval entry
+    the one named there, else the lm-eval task's primary metric."""
+    if task.lm_eval is None:
+        return task.metric
+    from orchestrator.forgetting.lm_eval import resolved_metric
+
+    return resolved_metric(task.lm_eval.task, task.lm_eval.include_path, task.lm_eval.metric)[0]
 
 
 def target_task(spec: JobSpec) -> PreparedTask | None:
