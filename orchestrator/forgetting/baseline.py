@@ -52,4 +52,6 @@ def read_baseline(path: Path) -> dict[str, Any] | None:
 def _rows_id(task: PreparedTask) -> str:
     if task.rows is not None:
         return hashlib.sha256(json.dumps(task.to_json()["rows"], sort_keys=True).encode()).hexdigest()
+    if task.choices is not None:
+        return hashlib.sha256(json.dumps(task.to_json()["choices"], sort_keys=True).encode()).hexdigest()
     return Path(task.cache_dir).name  # the prepared data's fingerprint

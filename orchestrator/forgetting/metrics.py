@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-HIGHER_IS_BETTER = {"exact_match": True, "accuracy": True, "loss": False, "perplexity": False}
+HIGHER_IS_BETTER = {"exact_match": True, "accuracy": True, "choice": True, "choice_norm": True, "loss": False,
+                    "perplexity": False}
 
 
 def change(metric: str, base: float, value: float) -> dict[str, float | bool]:
