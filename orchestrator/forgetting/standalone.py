@@ -34,7 +34,8 @@ def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_e
         if not sep or not _TASK_NAME.match(name):
             name, path = "", item
         name = name or Path(path).stem.removeprefix("source_")
-        entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples})
+        entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples,
+                        "format": "multiple_choice" if metric in ("choice", "choice_norm") else "instruction"})
     raw = {"name": "eval", "model": {"path": model}, "data": {"train": {"path": entries[0]["path"]}},
            "forgetting": {"tasks": entries, "max_drop": max_drop}}
     try:

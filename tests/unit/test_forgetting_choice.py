@@ -77,7 +77,8 @@ def test_choice_and_choice_norm_match_a_direct_computation(random_model, tokeniz
     assert sum(batched, []) == pytest.approx(sum(direct, []), abs=1e-4)
 
     per_byte = [[s / len(c.encode()) for s, c in zip(scores, choices)] for scores, (_, choices, _) in zip(direct, ROWS)]
-    tasks = [PreparedTask("mc", "choice", choices=tuple(ROWS)), PreparedTask("mc_norm", "choice_norm", choices=tuple(ROWS))]
+    tasks = [PreparedTask("mc", "choice", choices=tuple(ROWS)),
+             PreparedTask("mc_norm", "choice_norm", choices=tuple(ROWS))]
     values = evaluate_tasks(CPU, random_model, tasks, tokenizer, tokenizer.pad_token_id, shard=False)
     assert values == {"mc": accuracy(ROWS, direct), "mc_norm": accuracy(ROWS, per_byte)}
     assert values["mc"] == 0.0 < values["mc_norm"]  # lengths differ, so the two metrics part
@@ -137,7 +138,8 @@ def test_fewshot_prompts_are_fixed_never_the_row_itself_and_come_from_fewshot_pa
 
 
 @pytest.mark.parametrize("row, words", [
-    ({"prompt": "q=", "choices": ["a", "b"], "answer": 2}, "column 'answer' must be the index of the right choice, 0 to 1"),
+    ({"prompt": "q=", "choices": ["a", "b"], "answer": 2},
+     "column 'answer' must be the index of the right choice, 0 to 1"),
     ({"prompt": "q=", "choices": "a", "answer": 0}, "column 'choices' must be a list of at least 2"),
     ({"choices": ["a", "b"], "answer": 0}, "missing column 'prompt'"),
 ])
