@@ -104,9 +104,9 @@ def fewshot_prompts(rows: Sequence[tuple[str, str]], pool: Sequence[tuple[str, s
     for i, (prompt, _) in enumerate(rows):
         others = [shot for shot in pool if shot[0] != prompt]
         if len(others) < k:
-            raise DataError(f"forgetting task {task.name}: num_fewshot {k} needs {k} rows besides the one asked, "
-                            f"but {task.fewshot_path or task.path} has {len(others)}; lower num_fewshot or "
-                            "point fewshot_path at more rows")
+            raise DataError(f"forgetting task {task.name}: num_fewshot {k} needs {k} examples besides each row, but "
+                            f"{task.fewshot_path or 'the evaluated rows'} hold only {len(others)}; lower num_fewshot, "
+                            "or point fewshot_path at more rows")
         shots = random.Random(FEWSHOT_SEED + i).sample(others, k)
         out.append("".join(p + a + FEWSHOT_SEPARATOR for p, a in shots) + prompt)
     return out

@@ -133,7 +133,7 @@ def test_fewshot_prompts_are_fixed_never_the_row_itself_and_come_from_fewshot_pa
         assert response == f"r{i}" and prompt.endswith(f"q{i}=") and f"q{i}=r{i}" not in shots(prompt)
         assert len(shots(prompt)) == 2
 
-    with pytest.raises(DataError, match="num_fewshot 6 needs 6 rows besides the one asked"):
+    with pytest.raises(DataError, match="num_fewshot 6 needs 6 examples besides each row, but the evaluated rows hold only 5"):
         prepared(tmp_path, **{**task, "num_fewshot": 6})
 
 
