@@ -31,6 +31,7 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     - ``increment_train`` / ``increment_eval``: a second target task (a second adapter's)
     - ``source_<task>``: held-out rows of each source task the base model never trained on
     - ``replay_<task>``: rows of each source task from the base model's own training pool
+    - ``mc_<task>``: the held-out rows as ``{"prompt", "choices", "answer"}``, three wrong choices each
     - ``classify_train`` / ``classify_eval``: ``{"text", "label"}`` for the ``head`` method
     - ``text_train``: the target training rows as plain ``{"text"}`` (prompt + response)
     """
@@ -53,6 +54,8 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     for task in tasks.SOURCE_TASKS:
         rows = heldout_rows(task, n_eval, seed=SOURCE_EVAL_SEED)
         written[f"source_{task}"] = _write_jsonl(out_dir / f"source_{task}.jsonl", rows)
+        written[f"mc_{task}"] = _write_jsonl(out_dir / f"mc_{task}.jsonl",
+                                             tasks.multiple_choice(task, rows, seed=SOURCE_EVAL_SEED))
         # Replay data is what the base model was trained on: disjoint from the held-out rows.
         written[f"replay_{task}"] = _write_jsonl(out_dir / f"replay_{task}.jsonl",
                                                  pretraining_rows(task, RECIPE)[:n_train // 4])

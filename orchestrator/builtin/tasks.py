@@ -15,6 +15,9 @@ Formats (prompt -> response):
 - ``increment`` (second target): ``"inc 4719="`` -> ``"5820"`` (each digit moved one on, 9
   wraps to 0); a second adapter's task, for multi-adapter merges
 - classification: ``{"text": "1379", "label": 1}`` (1 when the digits are sorted)
+
+`multiple_choice` turns source rows into ``{"prompt", "choices", "answer"}``: the right
+response among three wrong ones of its kind.
 """
 
 from __future__ import annotations
@@ -155,3 +158,45 @@ def generate_classification(n: int, seed: int, exclude: set[str] | None = None) 
         rows.append({"text": text, "label": int(want_sorted)})
     rng.shuffle(rows)
     return rows
+
+
+def multiple_choice(task: str, rows: list[dict], seed: int) -> list[dict]:
+    """``rows`` of a source task as ``{"prompt", "choices", "answer"}``: the right response and
+    three plausible wrong ones (arithmetic: a nearby sum; reversal, sorting: a permutation of
+    the answer; kv_recall: another value of the prompt), in a seeded order; ``answer`` is the
+    index of the right one. Deterministic for a given ``(task, rows, seed)``."""
+    if task not in SOURCE_TASKS:
+        raise ValueError(f"multiple-choice rows are made for source tasks only; use one of: {', '.join(SOURCE_TASKS)}")
+    rng = random.Random(f"mc/{task}/{seed}")
+    out = []
+    for row in rows:
+        right = row["response"]
+        if task == "arithmetic":
+            near = [int(right) + d for d in (-10, -2, -1, 1, 2, 10) if 0 <= int(right) + d <= 198]
+            wrong = [f"{n:03d}" for n in rng.sample(near, 3)]
+        elif task == "kv_recall":
+            values = sorted({pair[-1] for pair in row["prompt"].split()[:-1]} - {right})
+            wrong = values + rng.sample([d for d in string.digits if d != right and d not in values], 3 - len(values))
+        else:
+            wrong = _wrong_strings(right, string.digits if right.isdigit() else string.ascii_lowercase, rng)
+        choices = [right, *wrong]
+        rng.shuffle(choices)
+        out.append({"prompt": row["prompt"], "choices": choices, "answer": choices.index(right)})
+    return out
+
+
+def _wrong_strings(right: str, alphabet: str, rng: random.Random) -> list[str]:
+    """Three distinct strings other than ``right``: permutations of it, then, for strings with
+    too few (``"aab"``), one character changed."""
+    wrong: list[str] = []
+    attempts = 0
+    while len(wrong) < 3:
+        attempts += 1
+        if attempts <= 50:
+            candidate = "".join(rng.sample(right, len(right)))
+        else:
+            i = rng.randrange(len(right))
+            candidate = right[:i] + rng.choice(alphabet) + right[i + 1:]
+        if candidate != right and candidate not in wrong:
+            wrong.append(candidate)
+    return wrong

@@ -19,8 +19,8 @@ NAME = Arg("name")
 AS_JSON = Arg("--json", action="store_true", dest="as_json", help="print JSON")
 HOME = Arg("--home", type=Path, default=None,
            help="FTCTL_HOME holding the registry (default: $FTCTL_HOME or ~/.cache/ftctl)")
-METRIC = Arg("--metric", default="exact_match", choices=["exact_match", "loss", "perplexity"],
-             help="metric for --tasks (default exact_match)")
+METRIC = Arg("--metric", default="exact_match", choices=["exact_match", "loss", "perplexity", "choice", "choice_norm"],
+             help="metric for --tasks (default exact_match; choice and choice_norm read multiple-choice rows)")
 MAX_EXAMPLES = Arg("--max-examples", type=int, default=200, help="rows per task (default 200)")
 
 

@@ -10,6 +10,8 @@ the tokens before ``t`` (the model shifts internally); -100 means "no loss here"
 - chat: messages rendered by the tokenizer's chat template (`DEFAULT_CHAT_TEMPLATE` when it
   has none); loss on assistant turns only. See `_assistant_char_spans` for how turns are found.
 - classification: ``bos + text`` and an integer ``label`` (no LM labels).
+- multiple_choice (forgetting tasks only, not encoded here): ``{prompt, choices, answer}``
+  rows are checked by `multiple_choice_row`; the evaluator tokenises them itself.
 
 User text is tokenised with ``split_special_tokens=True`` in the text, instruction and
 classification formats, so a literal ``</s>`` in the data stays text and cannot end an example
@@ -21,6 +23,7 @@ a problem with the tokenizer or template, which would hit every row, raises `Dat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
@@ -148,6 +151,28 @@ def _messages(row: dict[str, Any], name: str) -> list[dict[str, Any]]:
     if not any(message["role"] == "assistant" for message in value):
         raise RowProblem(f"column {name!r} has no assistant message, so there is nothing to learn")
     return value
+
+
+def multiple_choice_row(row: dict[str, Any]) -> tuple[str, tuple[str, ...], int]:
+    """(prompt, choices, answer) of a ``{prompt, choices: [...], answer: index}`` row. In CSV,
+    where cells are strings, choices is a JSON array and answer a string of digits."""
+    prompt = _string(row, "prompt")
+    choices = _column(row, "choices")
+    if isinstance(choices, str):
+        try:
+            choices = json.loads(choices)
+        except ValueError:
+            pass
+    if (not isinstance(choices, (list, tuple)) or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)):
+        raise RowProblem(f"column 'choices' must be a list of at least 2 non-empty strings, got {_kind(choices)}")
+    answer = _column(row, "answer")
+    if isinstance(answer, str) and answer.strip().isdigit():
+        answer = int(answer.strip())
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise RowProblem(f"column 'answer' must be the index of the right choice, 0 to {len(choices) - 1}, "
+                         f"got {_kind(answer)}")
+    return prompt, tuple(choices), answer
 
 
 def _extract(rows: Sequence[dict[str, Any]], read: Callable[[dict[str, Any]], T]) -> list[T | RowProblem]:

@@ -50,9 +50,10 @@ def read_baseline(path: Path) -> dict[str, Any] | None:
 
 
 def _rows_id(task: PreparedTask) -> str:
-    if task.lm_eval is not None or task.choices is not None:  # the settings, or the rows, that define it
-        data = task.to_json()
-        return hashlib.sha256(json.dumps(data.get("lm_eval") or data.get("choices"), sort_keys=True).encode()).hexdigest()
+    if task.lm_eval is not None:  # the task and its settings define what is measured
+        return hashlib.sha256(json.dumps(task.lm_eval, sort_keys=True).encode()).hexdigest()
     if task.rows is not None:
         return hashlib.sha256(json.dumps(task.to_json()["rows"], sort_keys=True).encode()).hexdigest()
+    if task.choices is not None:
+        return hashlib.sha256(json.dumps(task.to_json()["choices"], sort_keys=True).encode()).hexdigest()
     return Path(task.cache_dir).name  # the prepared data's fingerprint

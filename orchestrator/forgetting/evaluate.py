@@ -12,8 +12,9 @@ import torch
 
 from orchestrator.data.formats import IGNORE_INDEX as IGNORE
 from orchestrator.data.pipeline import collate, load_prepared
+from orchestrator.forgetting.tasks import CHOICE_METRICS, PreparedTask
+from orchestrator.models.choice import choice_correct
 from orchestrator.models.generate import greedy_exact_match
-from orchestrator.forgetting.tasks import PreparedTask
 from orchestrator.models.loss import token_loss_sum
 from orchestrator.models.sharding import gathered_params
 from orchestrator.ranks import rank_and_world, sum_across_ranks
@@ -33,17 +34,25 @@ def evaluate_tasks(accelerator, model, tasks: list[PreparedTask], tokenizer, pad
 
             with gathered_params(unwrapped):
                 out[task.name] = lm_evaluate(unwrapped, tokenizer, task.lm_eval, task.metric, accelerator.device)
-        elif task.metric == "exact_match":
-            rows = [{"prompt": p, "response": r} for p, r in (task.rows or ())[rank::world]]
+        elif task.metric in ("exact_match", *CHOICE_METRICS):
             with gathered_params(unwrapped):
-                correct = greedy_exact_match(unwrapped, tokenizer, rows) * len(rows) if rows else 0.0
-            total_correct, total = (sum_across_ranks([correct, float(len(rows))], accelerator.device)
-                                    if shard else (correct, float(len(rows))))
+                correct, count = _answered(unwrapped, tokenizer, task, rank, world)
+            total_correct, total = (sum_across_ranks([correct, count], accelerator.device)
+                                    if shard else (correct, count))
             out[task.name] = total_correct / max(total, 1.0)
         else:
             loss = evaluate_loss(accelerator, model, load_prepared(task.cache_dir), pad_id, LOSS_BATCH, shard)
             out[task.name] = loss if task.metric == "loss" else math.exp(min(loss, 50.0))
     return out
+
+
+def _answered(model, tokenizer, task: PreparedTask, rank: int, world: int) -> tuple[float, float]:
+    """This rank's share of the task's rows (every world-th): how many it answers right, of how many."""
+    if task.metric == "exact_match":
+        rows = [{"prompt": p, "response": r} for p, r in (task.rows or ())[rank::world]]
+        return (greedy_exact_match(model, tokenizer, rows) * len(rows) if rows else 0.0), float(len(rows))
+    choices = (task.choices or ())[rank::world]
+    return float(choice_correct(model, tokenizer, choices, per_byte=task.metric == "choice_norm")), float(len(choices))
 
 
 def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True) -> float:

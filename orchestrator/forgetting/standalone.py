@@ -35,7 +35,8 @@ def eval_spec(model: str, tasks: list[str], job: Path | None, metric: str, max_e
         if not sep or not _TASK_NAME.match(name):
             name, path = "", item
         name = name or Path(path).stem.removeprefix("source_")
-        entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples})
+        entries.append({"name": name, "path": path, "metric": metric, "max_examples": max_examples,
+                        "format": "multiple_choice" if metric in ("choice", "choice_norm") else "instruction"})
     for block in lm_tasks or []:
         entries.append({"name": re.sub(r"[^A-Za-z0-9_.-]", "_", block["task"])[:64],
                         "lm_eval": {k: v for k, v in block.items() if v is not None}})

@@ -16,7 +16,7 @@ BUILTIN_MODEL = "builtin:tiny-base"
 DEMO_PREFIX = "builtin:demo/"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # The built-in tiny base model's source tasks (orchestrator/builtin/tasks.py generates them):
-# `builtin:demo/source_<task>.jsonl` and `replay_<task>.jsonl` are named after them.
+# `builtin:demo/source_<task>.jsonl`, `replay_<task>.jsonl` and `mc_<task>.jsonl` are named after them.
 SOURCE_TASKS: tuple[str, ...] = ("arithmetic", "reversal", "sorting", "kv_recall")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -69,7 +69,7 @@ def demo_file_names() -> list[str]:
     """Files that `ftctl demo-data` writes (and `builtin:demo/<file>` can name)."""
     fixed = ["target_train.jsonl", "target_eval.jsonl", "increment_train.jsonl", "increment_eval.jsonl",
              "classify_train.jsonl", "classify_eval.jsonl", "text_train.jsonl"]
-    return fixed + [f"{kind}_{task}.jsonl" for kind in ("source", "replay") for task in SOURCE_TASKS]
+    return fixed + [f"{kind}_{task}.jsonl" for kind in ("source", "replay", "mc") for task in SOURCE_TASKS]
 
 
 def absolute_paths(spec: dict[str, Any], cwd: Path) -> dict[str, Any]:

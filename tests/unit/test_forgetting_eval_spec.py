@@ -39,6 +39,11 @@ def test_tasks_without_max_drop_have_no_gate(tmp_path):
     assert gates_of(spec.forgetting) == []
 
 
+def test_choice_metrics_read_multiple_choice_rows(tmp_path):
+    spec = eval_spec("builtin:tiny-base", [task_file(tmp_path / "mc_sorting.jsonl")], None, "choice_norm", None, None)
+    assert [(t.format, t.metric) for t in spec.forgetting.tasks] == [("multiple_choice", "choice_norm")]
+
+
 def test_a_path_with_an_equals_sign_keeps_its_name_and_path(tmp_path):
     # Partitioned data folders are often named key=value.
     path = task_file(tmp_path / "split=test" / "arith.jsonl")

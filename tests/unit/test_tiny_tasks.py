@@ -85,11 +85,12 @@ def test_classification_is_balanced_and_labelled_right():
 def test_demo_data_files(tmp_path):
     written = write_demo_data(tmp_path / "a", n_train=300, n_eval=50)
     replay = {f"replay_{task}" for task in tasks.SOURCE_TASKS}
+    multiple_choice = {f"mc_{task}" for task in tasks.SOURCE_TASKS}
     expected = {"target_train", "target_eval", "increment_train", "increment_eval", "classify_train",
                 "classify_eval", "text_train"} | {
         f"source_{task}" for task in tasks.SOURCE_TASKS
     }
-    assert set(written) == expected | replay
+    assert set(written) == expected | replay | multiple_choice
 
     def read(name):
         return [json.loads(line) for line in written[name].read_text().splitlines()]
@@ -112,7 +113,7 @@ def test_demo_data_files(tmp_path):
     assert {row["prompt"] for row in read("replay_arithmetic")} <= pool
 
     again = write_demo_data(tmp_path / "b", n_train=300, n_eval=50)
-    assert all(again[name].read_bytes() == written[name].read_bytes() for name in expected)
+    assert all(again[name].read_bytes() == written[name].read_bytes() for name in expected | multiple_choice)
 
 
 def test_light_modules_do_not_import_torch():
