@@ -148,7 +148,9 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
             problems.append(Problem(f"{where}.name", f"task name '{task.name}' is used twice", "give each task its own name"))
         seen.add(task.name)
         if task.lm_eval is not None:
-            native = sorted(set(task.model_fields_set) & {"path", "format", "metric", "num_fewshot", "fewshot_path"})
+            fields = type(task).model_fields
+            native = sorted(k for k in ("path", "format", "metric", "num_fewshot", "fewshot_path")
+                            if getattr(task, k) != fields[k].default)
             if native:
                 problems.append(Problem(f"{where}.{native[0]}", f"an lm_eval task takes its data, format and metric "
                                                                f"from lm-eval, so {', '.join(native)} do not apply",
