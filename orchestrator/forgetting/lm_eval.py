@@ -177,6 +177,9 @@ def evaluate(model, tokenizer, settings: dict[str, Any], metric: str, device) ->
     was_training = model.training
     # lm-eval's progress bars write to sys.stderr; kept out of ftctl's output unless FTCTL_VERBOSE
     bars = contextlib.nullcontext() if os.environ.get("FTCTL_VERBOSE") else contextlib.redirect_stderr(io.StringIO())
+    # lm-eval returns results only where LOCAL_RANK is 0; here every rank evaluates on its own
+    local_rank = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = "0"
     try:
         with bars:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=EVAL_BATCH, device=str(device))
@@ -185,6 +188,10 @@ def evaluate(model, tokenizer, settings: dict[str, Any], metric: str, device) ->
                                   limit=settings["limit"], task_manager=manager, bootstrap_iters=0, log_samples=False)
     finally:
         model.train(was_training)
+        if local_rank is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = local_rank
     return read_metric(out["results"], settings["task"], metric)
 
 

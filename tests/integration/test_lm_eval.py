@@ -78,3 +78,25 @@ def test_ftctl_eval_reports_what_the_lm_eval_command_line_reports(tmp_path, caps
     assert ours["adapted"]["t_mc"] == adapted["t_mc"]["acc,none"]
     assert ours["adapted"]["t_ll"] == pytest.approx(adapted["t_ll"]["perplexity,none"], rel=1e-6)
     assert ours["adapted"]["t_ll"] != ours["base"]["t_ll"]  # the adapter was on
+
+
+def test_a_job_gated_on_an_lm_eval_task_stops_like_one_gated_on_a_native_task(tmp_path, local_ray):
+    """The demo's lm-eval task (tiny_reversal_mc) loses accuracy under lr 1e-3 (1.0 -> about 0.96
+    by step 40); a gate of 0.02 on it alone stops the job where it trips."""
+    from tests.integration.test_run import run
+
+    task = ("forgetting.tasks=[{name: reversal_mc, max_drop: 0.02, lm_eval: {task: tiny_reversal_mc, "
+            "include_path: 'builtin:demo/lm_eval', limit: 100}}]")
+    code, run_dir, log = run(tmp_path, "lm-gate", "training.lr=1e-3", "training.max_steps=40",
+                             "checkpoint.every_steps=10", "forgetting.every_steps=10", "training.log_every_steps=5",
+                             "training.eval_every_steps=null", "data.eval=null", "forgetting.action=stop", task)
+    assert code == 4, log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    gate = summary["forgetting_gate"]
+    assert summary["status"] == "stopped_by_gate" and summary["steps"] == gate["step"]
+    (trip,) = gate["tripped"]
+    assert trip["task"] == "reversal_mc" and trip["metric"] == "acc" and trip["drop"] > 0.02
+    report = json.loads((run_dir / "forgetting.json").read_text())
+    evals = report["tasks"]["reversal_mc"]["evals"]
+    assert evals[0] == {"step": 0, "value": 1.0} and evals[-1]["step"] == gate["step"]
+    assert not (run_dir / "adapter").exists()
