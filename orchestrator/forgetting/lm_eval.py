@@ -18,6 +18,7 @@ import io
 import logging
 import os
 from pathlib import Path
+from unittest import mock
 from typing import Any
 
 from orchestrator.data.errors import DataError
@@ -184,8 +185,12 @@ def evaluate(model, tokenizer, settings: dict[str, Any], metric: str, device) ->
         with bars:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=EVAL_BATCH, device=str(device))
             _quiet()
-            out = simple_evaluate(model=lm, tasks=[settings["task"]], num_fewshot=settings["num_fewshot"],
-                                  limit=settings["limit"], task_manager=manager, bootstrap_iters=0, log_samples=False)
+            # lm-eval adds a description of the environment to its results by running `pip list`
+            # and friends (a second per call); the metrics do not depend on it
+            with mock.patch("lm_eval.evaluator.add_env_info", lambda results: None):
+                out = simple_evaluate(model=lm, tasks=[settings["task"]], num_fewshot=settings["num_fewshot"],
+                                      limit=settings["limit"], task_manager=manager, bootstrap_iters=0,
+                                      log_samples=False)
     finally:
         model.train(was_training)
         if local_rank is None:
