@@ -29,7 +29,9 @@ class StepTallies:
     def units(self, local: int) -> torch.Tensor:
         """The step's loss units (label tokens) summed over ranks, as a device scalar to divide
         the loss by."""
-        total = torch.tensor(float(local), dtype=torch.float32, device=self.device)
+        # torch.full launches a fill kernel; torch.tensor(x, device=cuda) would copy from pageable
+        # host memory, which waits for the device's queue
+        total = torch.full((), float(local), dtype=torch.float32, device=self.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(total)
         return total
@@ -37,8 +39,8 @@ class StepTallies:
     def end_step(self, loss_sum: torch.Tensor, tokens: int, stop_asked: bool) -> None:
         """Sum this step's loss (a device tensor), tokens read and stop request over ranks."""
         step = torch.stack([loss_sum.detach().double(),
-                            torch.tensor(float(tokens), dtype=torch.float64, device=self.device),
-                            torch.tensor(float(stop_asked), dtype=torch.float64, device=self.device)])
+                            torch.full((), float(tokens), dtype=torch.float64, device=self.device),
+                            torch.full((), float(stop_asked), dtype=torch.float64, device=self.device)])
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(step)
         self._step = step
