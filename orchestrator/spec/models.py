@@ -50,7 +50,7 @@ class ModelSpec(Strict):
     """Attention kernel. None chooses: flash_attention_2 on a GPU where flash-attn is installed
     (packed rows go through its varlen path), flex_attention on other GPUs, sdpa on CPU. Packed
     rows never build a dense mask of their own: each kernel keeps attention inside each example
-    from the position ids."""
+    from the position ids. flash_attention_2 and flex_attention train on a GPU only."""
 
 
 # -------------------------------------------------------------------------- method

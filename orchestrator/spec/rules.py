@@ -94,10 +94,27 @@ def qlora_placement(spec: JobSpec) -> list[Problem]:
     return []
 
 
-def precision_fits_device(spec: JobSpec) -> list[Problem]:
-    if spec.training.precision == "fp16" and spec.resources.gpus_per_worker == 0:
-        return [Problem("training.precision", "fp16 mixed precision needs a GPU (its loss scaler is CUDA-only)",
-                        "use precision bf16 or fp32 on CPU, or set resources.gpus_per_worker")]
+def cuda_only_settings(spec: JobSpec) -> list[Problem]:
+    """Settings whose kernels exist on CUDA only, on a job that trains on CPU."""
+    if spec.resources.gpus_per_worker > 0:
+        return []
+    t, attention = spec.training, spec.model.attn_implementation
+    gpu = "or set resources.gpus_per_worker"
+    problems = []
+    if t.precision == "fp16":
+        problems.append(Problem("training.precision", "fp16 mixed precision needs a GPU (its loss scaler is CUDA-only)",
+                                f"use precision bf16 or fp32 on CPU, {gpu}"))
+    if t.kernels == "liger" and spec.method.kind != "head":
+        problems.append(Problem("training.kernels", "Liger kernels run on CUDA only, and this job trains on CPU",
+                                f"use kernels auto (none on CPU) or none, {gpu}"))
+    if attention in ("flash_attention_2", "flex_attention"):
+        problems.append(Problem("model.attn_implementation", f"{attention} trains on CUDA only (flash-attn is a CUDA "
+                                "library; FlexAttention has no backward pass on CPU)",
+                                f"leave model.attn_implementation unset (sdpa on CPU), {gpu}"))
+    return problems
+
+
+def precision_fits_strategy(spec: JobSpec) -> list[Problem]:
     if spec.training.precision == "bf16-pure" and spec.resources.strategy == "deepspeed":
         return [Problem("training.precision", "DeepSpeed ZeRO always keeps fp32 master weights, so bf16-pure "
                         "cannot apply there", "use precision bf16 with deepspeed, or strategy ddp or fsdp")]
@@ -119,11 +136,16 @@ def master_weights_kept(spec: JobSpec) -> list[Problem]:
     return []
 
 
-def kernels_fit_device(spec: JobSpec) -> list[Problem]:
-    if spec.training.kernels == "liger" and spec.resources.gpus_per_worker == 0:
-        return [Problem("training.kernels", "Liger kernels run on CUDA only, and this job trains on CPU",
-                        "use kernels auto (none on CPU) or none, or set resources.gpus_per_worker")]
-    return []
+def kernels_apply(spec: JobSpec) -> list[Problem]:
+    """Liger and compile act on a causal LM's decoder blocks; method head trains a classifier
+    over a frozen backbone, where neither applies."""
+    t = spec.training
+    asked = [f for f, on in (("kernels", t.kernels == "liger"), ("compile", t.compile)) if on]
+    if spec.method.kind != "head" or not asked:
+        return []
+    return [Problem(f"training.{asked[0]}", "method head trains only a classifier over a frozen backbone; fused "
+                    "kernels and compile apply to causal-LM training", "remove training.kernels=liger and "
+                                                                       "training.compile")]
 
 
 def steps_or_epochs(spec: JobSpec) -> list[Problem]:
@@ -149,12 +171,13 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
         seen.add(task.name)
         if task.lm_eval is not None:
             fields = type(task).model_fields
-            native = sorted(k for k in ("path", "format", "metric", "num_fewshot", "fewshot_path")
+            native = sorted(k for k in ("path", "format", "metric", "num_fewshot", "fewshot_path", "max_examples")
                             if getattr(task, k) != fields[k].default)
             if native:
                 problems.append(Problem(f"{where}.{native[0]}", f"an lm_eval task takes its data, format and metric "
                                                                f"from lm-eval, so {', '.join(native)} do not apply",
-                                        "remove them; set lm_eval.metric or lm_eval.num_fewshot instead"))
+                                        "remove them; set lm_eval.metric, lm_eval.num_fewshot or lm_eval.limit "
+                                        "instead"))
             continue
         if task.path is None:
             problems.append(Problem(f"{where}.path", "a forgetting task needs its rows (path) or an lm-eval task (lm_eval)",
@@ -305,9 +328,10 @@ RULES: tuple[Rule, ...] = (
     head_needs_labels,
     strategy_options,
     qlora_placement,
-    precision_fits_device,
+    cuda_only_settings,
+    precision_fits_strategy,
     master_weights_kept,
-    kernels_fit_device,
+    kernels_apply,
     steps_or_epochs,
     forgetting_tasks_consistent,
     merge_needs_adapter,
