@@ -64,23 +64,25 @@ def include_dir(include_path: str | None) -> str | None:
     from orchestrator.spec import paths
 
     if include_path.rstrip("/") == paths.DEMO_PREFIX + DEMO_FOLDER:
-        return str(write_demo_tasks())
+        return str(write_demo_tasks(paths.demo_data_dir()))
     return str(Path(include_path).expanduser().resolve())
 
 
-def write_demo_tasks() -> Path:
+@functools.cache
+def write_demo_tasks(demo_dir: Path) -> Path:
     """lm-eval task YAMLs for the built-in base model's source tasks in multiple-choice form
     (`tiny_<task>_mc`, over the demo data's mc_<task>.jsonl), in `builtin:demo/lm_eval`. A
-    task YAML names its data file by absolute path, so they are written where they are used."""
+    task YAML names its data file by absolute path, so they are written where they are used,
+    once per process."""
     import yaml
 
     from orchestrator.data.demo import ensure_demo_file
-    from orchestrator.spec.paths import SOURCE_TASKS, demo_data_dir
+    from orchestrator.spec.paths import SOURCE_TASKS
 
-    folder = demo_data_dir() / DEMO_FOLDER
+    folder = demo_dir / DEMO_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     for task in SOURCE_TASKS:
-        rows = ensure_demo_file(demo_data_dir() / f"mc_{task}.jsonl")
+        rows = ensure_demo_file(demo_dir / f"mc_{task}.jsonl")
         config = {
             "task": f"tiny_{task}_mc", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(rows)}},
             "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{prompt}}",
@@ -143,9 +145,9 @@ def primary_metric(manager, task: str) -> tuple[str, bool]:
 
 
 @functools.cache
-def resolved_metric(task: str, include_path: str | None, metric: str | None) -> tuple[str, bool]:
-    """(the metric the gate reads, higher is better) for an lm_eval entry; checks the task
-    exists (and the local YAMLs parse) on the way."""
+def resolved_metric(task: str, include_path: str | None, metric: str | None) -> str:
+    """The metric the gate reads for an lm_eval entry, its direction recorded in
+    forgetting.metrics; checks the task exists (and the local YAMLs parse) on the way."""
     include = include_dir(include_path)
     if include is not None:
         check_yamls(include)
@@ -153,19 +155,17 @@ def resolved_metric(task: str, include_path: str | None, metric: str | None) -> 
     if metric:
         primary, better = metric, higher_is_better(metric)
     register(primary, better)
-    return primary, better
+    return primary
 
 
 def prepare(name: str, spec: LmEvalTaskSpec):
     """The PreparedTask of a forgetting task entry with an lm_eval block."""
     from orchestrator.forgetting.tasks import PreparedTask
 
-    metric, better = resolved_metric(spec.task, spec.include_path, spec.metric)
-    include = include_dir(spec.include_path)
-    local = include is not None and spec.task in task_manager(include, False).all_tasks
+    metric = resolved_metric(spec.task, spec.include_path, spec.metric)
     settings = {"task": spec.task, "num_fewshot": spec.num_fewshot, "limit": spec.limit,
-                "include_path": spec.include_path, "local": local}
-    return PreparedTask(name, metric, lm_eval=settings, higher_is_better=better)
+                "include_path": spec.include_path}
+    return PreparedTask(name, metric, lm_eval=settings)
 
 
 def evaluate(model, tokenizer, settings: dict[str, Any], metric: str, device) -> float:
@@ -174,7 +174,7 @@ def evaluate(model, tokenizer, settings: dict[str, Any], metric: str, device) ->
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    manager = task_manager(include_dir(settings["include_path"]), not settings["local"])
+    manager = manager_for(settings["task"], include_dir(settings["include_path"]))
     was_training = model.training
     # lm-eval's progress bars write to sys.stderr; kept out of ftctl's output unless FTCTL_VERBOSE
     bars = contextlib.nullcontext() if os.environ.get("FTCTL_VERBOSE") else contextlib.redirect_stderr(io.StringIO())

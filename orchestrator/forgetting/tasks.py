@@ -39,11 +39,10 @@ class PreparedTask:
     rows: tuple[tuple[str, str], ...] | None = None  # exact_match: (prompt, response) pairs
     cache_dir: str | None = None  # loss / perplexity: the tokenised rows
     choices: tuple[tuple[str, tuple[str, ...], int], ...] | None = None  # choice: (prompt, choices, answer)
-    lm_eval: dict[str, Any] | None = None  # lm-eval: task, num_fewshot, limit, include_path, metric key
-    higher_is_better: bool = True
+    lm_eval: dict[str, Any] | None = None  # lm-eval: task, num_fewshot, limit, include_path
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "metric": self.metric, "higher_is_better": self.higher_is_better}
+        out: dict[str, Any] = {"name": self.name, "metric": self.metric}
         if self.rows is not None:
             out["rows"] = [{"prompt": p, "response": r} for p, r in self.rows]
         if self.cache_dir is not None:
@@ -59,8 +58,7 @@ class PreparedTask:
         rows = tuple((r["prompt"], r["response"]) for r in data["rows"]) if data.get("rows") is not None else None
         choices = (tuple((r["prompt"], tuple(r["choices"]), int(r["answer"])) for r in data["choices"])
                    if data.get("choices") is not None else None)
-        return cls(data["name"], data["metric"], rows, data.get("cache_dir"), choices, data.get("lm_eval"),
-                   data.get("higher_is_better", True))
+        return cls(data["name"], data["metric"], rows, data.get("cache_dir"), choices, data.get("lm_eval"))
 
 
 def prepare_tasks(spec: JobSpec, tokenizer) -> list[PreparedTask]:
@@ -103,7 +101,7 @@ def task_metric(task: ForgettingTaskSpec) -> str:
         return task.metric
     from orchestrator.forgetting.lm_eval import resolved_metric
 
-    return resolved_metric(task.lm_eval.task, task.lm_eval.include_path, task.lm_eval.metric)[0]
+    return resolved_metric(task.lm_eval.task, task.lm_eval.include_path, task.lm_eval.metric)
 
 
 def fewshot_prompts(rows: Sequence[tuple[str, str]], pool: Sequence[tuple[str, str]],

@@ -101,25 +101,20 @@ def torch_dtype(spec: JobSpec, on_gpu: bool):
     return getattr(torch, load_dtype(spec, on_gpu))
 
 
-def attention_kernel(spec: JobSpec, on_gpu: bool) -> tuple[str | None, str]:
-    """The attention implementation a job loads its model with, and why (the run prints it).
+def attention_kernel(spec: JobSpec, on_gpu: bool) -> str | None:
+    """The attention implementation a job loads its model with (None: transformers' sdpa).
 
     Packed rows on a GPU need a kernel that skips the blocks between examples:
     flash-attention's varlen path when flash-attn is installed, else FlexAttention's block
     mask (SDPA would be handed a dense mask and lose its fast kernels). Unpacked batches, and
     every CPU run, use SDPA."""
-    chosen = spec.model.attn_implementation
-    if chosen:
-        return chosen, f"attention: {chosen} (model.attn_implementation)"
-    if not on_gpu:
-        return None, "attention: sdpa (CPU)"
-    if not spec.data.packing or spec.method.kind == "head":
-        return None, "attention: sdpa (rows are not packed)"
+    if spec.model.attn_implementation:
+        return spec.model.attn_implementation
+    if not on_gpu or not spec.data.packing or spec.method.kind == "head":
+        return None
     import importlib.util
 
-    if importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2", "attention: flash_attention_2, varlen over the packed rows"
-    return "flex_attention", "attention: flex_attention block masks over the packed rows (flash-attn not installed)"
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "flex_attention"
 
 
 def build_model(spec: JobSpec, model_dir: str, on_gpu: bool, notes: list[str] | None = None) -> tuple[Any, ParamCount]:
@@ -130,7 +125,7 @@ def build_model(spec: JobSpec, model_dir: str, on_gpu: bool, notes: list[str] | 
     m = spec.model
     kwargs: dict[str, Any] = dict(revision=m.revision, trust_remote_code=m.trust_remote_code,
                                   dtype=torch_dtype(spec, on_gpu))
-    attention, _ = attention_kernel(spec, on_gpu)
+    attention = attention_kernel(spec, on_gpu)
     if attention:
         kwargs["attn_implementation"] = attention
     if spec.method.kind == "head":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from orchestrator.models.generate import _prompt_ids
+from orchestrator.models.generate import prompt_ids
 
 LOGITS_PER_FORWARD = 2**27  # logits one forward may hold (sequences x length x vocabulary)
 
@@ -17,7 +17,7 @@ def choice_ids(tokenizer: Any, prompt: str, choice: str) -> tuple[list[int], lis
     prompt + choice past those of the prompt alone."""
     context = prompt.rstrip()
     continuation = prompt[len(context):] + choice
-    context_ids, whole_ids = _prompt_ids(tokenizer, [context, context + continuation])
+    context_ids, whole_ids = prompt_ids(tokenizer, [context, context + continuation])
     return context_ids, whole_ids[len(context_ids):]
 
 

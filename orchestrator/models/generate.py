@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+def prompt_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
     # Encoded like training data (orchestrator.data.formats): no tokenizer-added specials,
     # special-looking text kept literal, then bos in front when the tokenizer has one.
     encoded = tokenizer(prompts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -42,7 +42,7 @@ def greedy_exact_match(
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                prompts = _prompt_ids(tokenizer, [row["prompt"] for row in batch])
+                prompts = prompt_ids(tokenizer, [row["prompt"] for row in batch])
                 width = max(len(ids) for ids in prompts)
                 # Left padding keeps every prompt's last token in the last column, so new
                 # tokens line up across the batch.

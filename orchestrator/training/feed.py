@@ -61,8 +61,9 @@ class BatchFeed:
     def _fill(self, position: DataPosition) -> None:
         try:
             while not self._stop.is_set():
-                item = self._make(self.plan.normalise(position))
-                position = self.plan.advance(self.plan.normalise(position))
+                position = self.plan.normalise(position)
+                item = self._make(position)
+                position = self.plan.advance(position)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)

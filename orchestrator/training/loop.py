@@ -187,8 +187,8 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
         state.step += 1
         state.samples += plan.global_batch
         position = plan.advance(position)
-        # One all-reduce per step (loss, tokens, whether the driver asked us to stop), kept on
-        # the device; the host reads it at logging steps and checkpoints only.
+        # The step's loss, tokens and whether the driver asked us to stop, summed over ranks on
+        # the device; the host reads them at logging steps and checkpoints only.
         tallies.end_step(loss_sum, step_batches.tokens, rank == 0 and run.preempt.exists())
         stop = tallies.stop_requested()
         record: dict[str, Any] = {}

@@ -2,8 +2,9 @@
 
 Reading a number off the GPU (`float(t)`, `.item()`, `.tolist()`) blocks the host until every
 queued kernel has run, so the next step cannot be queued behind the running one. The step
-therefore keeps its sums in device tensors: one all-reduce per step adds them over ranks
-(queued on the device like any kernel), and the host reads them only when it needs a value:
+therefore keeps its sums in device tensors: two small all-reduces per step (the label-token
+count before the backward pass, the step's sums after it) add them over ranks, queued on the
+device like any kernel, and the host reads them only when it needs a value:
 at a logging step, a checkpoint, or the end. The driver's stop request is the one value
 looked at every step; on a GPU it is copied back without blocking and read one step late, at
 the end of the next step: the host then waits only for the previous step to finish, while the

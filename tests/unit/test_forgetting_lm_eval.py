@@ -9,7 +9,7 @@ import yaml
 
 from orchestrator.forgetting import lm_eval
 from orchestrator.forgetting.lm_eval import LmEvalError, read_metric
-from orchestrator.forgetting.metrics import change
+from orchestrator.forgetting.metrics import change, higher_is_better
 from orchestrator.forgetting.tasks import PreparedTask
 from orchestrator.spec.models import JobSpec, LmEvalTaskSpec
 
@@ -37,15 +37,15 @@ def job(**task) -> JobSpec:
 def test_a_local_task_reads_its_primary_metric_and_direction(tmp_path):
     write_task(tmp_path)
     prepared = lm_eval.prepare("t", LmEvalTaskSpec(task="t_mc", include_path=str(tmp_path), limit=3))
-    assert (prepared.metric, prepared.higher_is_better) == ("acc", True)
-    assert prepared.lm_eval == {"task": "t_mc", "num_fewshot": None, "limit": 3, "include_path": str(tmp_path),
-                                "local": True}
+    assert prepared.metric == "acc" and higher_is_better("acc")
+    assert prepared.lm_eval == {"task": "t_mc", "num_fewshot": None, "limit": 3, "include_path": str(tmp_path)}
     assert PreparedTask.from_json(json.loads(json.dumps(prepared.to_json()))) == prepared
     (tmp_path / "ppl").mkdir()
-    lower = write_task(tmp_path / "ppl", "t_ppl", [{"metric": "word_perplexity", "higher_is_better": False}])
-    prepared = lm_eval.prepare("p", LmEvalTaskSpec(task="t_ppl", include_path=str(lower)))
-    assert (prepared.metric, prepared.higher_is_better) == ("word_perplexity", False)
-    assert change(prepared.metric, 10.0, 12.0)["drop"] == 2.0  # higher perplexity is worse
+    # a metric ftctl does not know: its direction comes from the task's metric_list
+    lower = write_task(tmp_path / "ppl", "t_dist", [{"metric": "edit_distance", "higher_is_better": False}])
+    prepared = lm_eval.prepare("p", LmEvalTaskSpec(task="t_dist", include_path=str(lower)))
+    assert prepared.metric == "edit_distance" and not higher_is_better(prepared.metric)
+    assert change(prepared.metric, 10.0, 12.0)["drop"] == 2.0  # a higher distance is worse
 
 
 def test_the_gate_reads_a_named_metric_instead(tmp_path):
