@@ -7,8 +7,9 @@
 A ~1B Llama-shaped random-init model (bf16, seq 2048) and random-word text rows, packed. For
 each method, the same model, data, batch, precision (bf16 autocast), AdamW at a constant
 lr 1e-4 and clipping run three ways, each in its own process: `ftctl run` on a job file
-(tokens/s from the run's metrics.jsonl, Ray start and model load excluded), a plain loop
-(block-diagonal mask over packed rows, as ftctl), and Trainer (packed rows by position_ids).
+(tokens/s from the run's metrics.jsonl, Ray start and model load excluded), a plain loop,
+and Trainer; all three keep packed examples apart by position ids (KV cache off), so each gets
+whatever attention kernel transformers picks for that (ftctl may pick flex or flash-attn).
 MFU = (6 N + 12 L d seq) x tokens/s over the GPU's dense bf16 peak. Peak memory is the most
 nvidia-smi saw in use during each process (ftctl's includes Ray's CUDA context). Without CUDA
 it says so in one line and exits 0. The last line is one JSON object.
@@ -88,17 +89,20 @@ def packed_rows(d: Path, seq: int) -> list[dict[str, list[int]]]:
 
 
 def load_for(method: str, model_dir: str, on_gpu: bool):
-    """The model as each baseline trains it: bf16 weights on GPU; PEFT LoRA r=16 on all linear
-    layers for lora and qlora (ftctl's defaults); NF4 double-quant base for qlora."""
+    """The model as each baseline trains it, in ftctl's precision bf16: fp32 weights (the master
+    copy) under bf16 autocast for full, a bf16 frozen base for lora; PEFT LoRA r=16 on all
+    linear layers without dropout for lora and qlora (ftctl's defaults); NF4 double-quant base
+    for qlora. The KV cache is off, so packed rows' position ids keep examples apart."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs = {"dtype": torch.bfloat16 if on_gpu else torch.float32}
+    kwargs = {"dtype": torch.bfloat16 if on_gpu and method != "full" else torch.float32}
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_use_double_quant=True,
                                                            bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model.config.use_cache = False
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -106,7 +110,7 @@ def load_for(method: str, model_dir: str, on_gpu: bool):
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     return model if method == "qlora" else model.to("cuda" if on_gpu else "cpu")
 
@@ -126,13 +130,8 @@ def plain(a) -> dict:
     def step(i: int) -> int:
         batch = [rows[order[(i * a.batch + k) % len(rows)]] for k in range(a.batch)]
         t = {k: torch.tensor([r[k] for r in batch], device=device) for k in batch[0]}
-        segment = torch.cumsum((t["position_ids"] == 0).long(), 1)
-        causal = torch.tril(torch.ones(a.seq, a.seq, dtype=torch.bool, device=device))
-        allowed = (segment[:, :, None] == segment[:, None, :]) & causal
-        dtype = next(model.parameters()).dtype if a.method != "qlora" else torch.bfloat16
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-            logits = model(input_ids=t["input_ids"], position_ids=t["position_ids"], attention_mask=mask[:, None]).logits
+            logits = model(input_ids=t["input_ids"], position_ids=t["position_ids"]).logits
             labels = t["labels"][:, 1:]
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
                                                      labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
@@ -140,7 +139,6 @@ def plain(a) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        float(loss.detach())  # one sync per step, as ftctl's loop
         return t["input_ids"].numel()
 
     return timed(step, a.warmup, a.steps, on_gpu)
