@@ -3,6 +3,9 @@
     prepare   training.prepare.prepare_job     JobSpec -> WorkerConfig (model, data, tasks, baseline)
     resume    training.resume.choose_resume    which checkpoint it starts from
     train     training.driver.train_on_ray     WorkerConfig -> WorkerResult (Ray, the per-worker loop)
+    repair    forgetting.repair.repair_run     adapter/ or model/ -> the weights at the largest alpha in
+                                               [0, 1] that keeps every source task within its max_drop
+                                               (forgetting.repair; the trained ones kept as *.unrepaired/)
     report    forgetting.report.report_run     WorkerResult -> forgetting.json/.png and the table
     merge     merging.run.merge_run            adapter/ -> merged/ (merge.enabled; a failure fails the job
                                                only with merge.required)
@@ -24,6 +27,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator.exitcodes import ExitCode
+from orchestrator.forgetting.gates import trip_text
+from orchestrator.forgetting.repair import summary_block
 from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 from orchestrator.summary import RunSummary
@@ -89,12 +94,19 @@ def finish(spec: JobSpec, run: RunDir, config, result, started: float, console: 
         load_tokenizer(config.model_dir, spec.model).save_pretrained(str(artifact))
     gate = result.gate
     kept = gate.get("kept_step") if gate else None
+    status = "stopped_by_gate" if gate and (gate["action"] == "stop" or kept is None) else "succeeded"
+    repaired, error = None, None
+    if spec.forgetting.repair is not None and artifact.is_dir():
+        repaired, error = repair_step(spec, run, config, result, console)
+        if error:
+            status = "failed"
+        else:
+            artifacts[RunDir.artifact_key(spec.method.kind) + "_unrepaired"] = repaired["unrepaired"]
     report = report_run(spec, run, result.forgetting_history, result.target_history, gate, result.eval_base,
-                        result.final_eval, console)
+                        result.final_eval, console, result.kl_history, repaired)
     if report is not None:
         artifacts["forgetting"] = str(run.forgetting_json)
-    status = "stopped_by_gate" if gate and (gate["action"] == "stop" or kept is None) else "succeeded"
-    merge, error = None, None
+    merge = None
     if spec.merge.enabled and status == "succeeded" and "adapter" in artifacts:
         merge, error = merge_step(spec, run, config, console)
         if error:
@@ -108,7 +120,8 @@ def finish(spec: JobSpec, run: RunDir, config, result, started: float, console: 
         engine=result.engine or None, resumed_from=config.resume_from, restarts=restarts(run, config.job_token), checkpoint=result.checkpoint,
         mirror_errors=result.mirror_errors, forgetting=report["summary"] if report else None, forgetting_gate=gate,
         negative_transfer=report["negative_transfer"] if report else None, **forgetting_cost(result),
-        baseline_cached=result.baseline_cached, merge=merge, artifacts=artifacts)
+        baseline_cached=result.baseline_cached, repair=summary_block(repaired) if repaired else None, merge=merge,
+        artifacts=artifacts)
     if status == "succeeded" and "adapter" in artifacts:
         promotion = register_run(spec, run, summary.to_json(), config.job_id, config.store, console)
         summary = _replace(summary, promotion=promotion)
@@ -118,6 +131,23 @@ def finish(spec: JobSpec, run: RunDir, config, result, started: float, console: 
     _say_how_it_ended(summary, report, console)
     console.print(f"  run dir: {run.root}")
     return summary
+
+
+def repair_step(spec: JobSpec, run: RunDir, config, result, console: Console) -> tuple[dict[str, Any] | None,
+                                                                                  str | None]:
+    """The repair step (forgetting.repair): the repair's result, or the job's error when it could
+    not run (the trained weights are then the artifact, untouched)."""
+    from orchestrator.forgetting.repair import repair_run
+
+    base = {k: v for k, v in result.forgetting_history[0].items() if k not in ("step", "trips")} \
+        if result.forgetting_history else None
+    try:
+        return repair_run(spec, run.artifact(spec.method.kind), config.model_dir, list(config.tasks), config.target,
+                          config.eval_cache, base, console), None
+    except Exception as err:  # the trained weights stay the artifact; say why the repair did not happen
+        error = f"repair: {type(err).__name__}: {' '.join(str(err).split())}"
+        console.print(f"[red]✗[/red] {escape(error)}; the trained weights are kept as they are", soft_wrap=True)
+        return None, error
 
 
 def merge_step(spec: JobSpec, run: RunDir, config, console: Console) -> tuple[dict[str, Any], str | None]:
@@ -142,7 +172,7 @@ def merge_step(spec: JobSpec, run: RunDir, config, console: Console) -> tuple[di
 def forgetting_cost(result) -> dict[str, float]:
     """Seconds spent evaluating forgetting (base model, during training, at the end) and
     their share of the training time proper (the step loop minus the evaluations inside it)."""
-    evals = result.forgetting_evals or []
+    evals = [*(result.forgetting_evals or []), *(getattr(result, "kl_history", None) or [])]
     total = sum(e["seconds"] for e in evals)
     inside = sum(e["seconds"] for e in evals if 0 < e["step"] < result.steps)
     training = max(result.train_seconds - inside, 1e-9)
@@ -177,8 +207,7 @@ def _say_how_it_ended(summary: RunSummary, report: dict | None, console: Console
     if not gate:
         return
     kept = gate.get("kept_step")
-    trips = "; ".join(f"{t['task']} {t['metric']} {t['base']:.3f} -> {t['value']:.3f} (drop {t['drop']:.3f} > "
-                      f"{t['max_drop']:g})" for t in gate["tripped"])
+    trips = "; ".join(trip_text(t) for t in gate["tripped"])
     if gate["action"] == "stop":
         console.print(f"[red]✗ forgetting gate stopped the job at step {gate['step']}:[/red] {trips}; "
                       f"no artifact was written (checkpoints are kept)")

@@ -41,6 +41,8 @@ class RunSummary:
     forgetting_eval_seconds: float | None = None
     forgetting_eval_share: float | None = None
     baseline_cached: bool = False
+    repair: dict[str, Any] | None = None
+    """forgetting.repair / ftctl repair: the alpha chosen and why (the curve is in forgetting.json)."""
     merge: dict[str, Any] | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
     promotion: dict[str, Any] | None = None
@@ -49,7 +51,7 @@ class RunSummary:
         out = dataclasses.asdict(self)
         wall = out.pop("wall_seconds")
         if self.status in ENDED:
-            for optional in ("error", "preemption", "promotion"):
+            for optional in ("error", "preemption", "promotion", "repair"):
                 if out[optional] is None:
                     del out[optional]
         else:

@@ -12,20 +12,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.forgetting.gates import Trip, check_gates, gates_of
+from orchestrator.forgetting.gates import Trip, check_gates, check_kl_gate, gates_of
 from orchestrator.forgetting.tasks import TARGET, PreparedTask
 from orchestrator.jsonfile import write_json
 
 Evaluate = Callable[[list[PreparedTask]], dict[str, float]]
-STATE_KEYS = ("forgetting_history", "target_history", "forgetting_evals", "baseline_cached")  # of state_dict()
+STATE_KEYS = ("forgetting_history", "target_history", "forgetting_evals", "baseline_cached",
+              "kl_history")  # of state_dict()
 
 
 class ForgettingWatch:
     def __init__(self, spec, tasks: list[PreparedTask], target: PreparedTask | None, evaluate: Evaluate, rank: int,
                  baseline_cache: Path | None = None, cached_baseline: dict[str, Any] | None = None,
-                 saved: dict[str, Any] | None = None):
+                 saved: dict[str, Any] | None = None, kl_meter=None):
         """`cached_baseline`: read by the driver, so every rank takes the same branch.
-        `saved`: a resumed checkpoint's state_dict()."""
+        `saved`: a resumed checkpoint's state_dict(). `kl_meter`: a KLMeter
+        (forgetting.kl_every_steps), or None."""
         self.tasks, self.target = tasks, [target] if target is not None else []
         self.gates = gates_of(spec.forgetting)
         self.every = spec.forgetting.every_steps
@@ -36,9 +38,26 @@ class ForgettingWatch:
         self.target_history: list[dict[str, Any]] = list(saved.get("target_history") or [])
         self.evals: list[dict[str, Any]] = list(saved.get("forgetting_evals") or [])  # step and seconds of each
         self.baseline_cached = bool(saved.get("baseline_cached", False))
+        self.kl_meter, self.kl_every, self.max_kl = kl_meter, spec.forgetting.kl_every_steps, spec.forgetting.max_kl
+        self.kl_history: list[dict[str, Any]] = list(saved.get("kl_history") or [])  # [{"step", "kl", "seconds"}]
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(zip(STATE_KEYS, (self.history, self.target_history, self.evals, self.baseline_cached)))
+        return dict(zip(STATE_KEYS, (self.history, self.target_history, self.evals, self.baseline_cached,
+                                     self.kl_history)))
+
+    def kl_due(self, step: int, total_steps: int) -> bool:
+        return self.kl_meter is not None and (step == total_steps or step % self.kl_every == 0)
+
+    def measure_kl(self, step: int) -> tuple[dict[str, float], list[Trip]]:
+        """The meter at `step`, as a tracker scalar, and its gate (forgetting.max_kl) if broken."""
+        started = time.perf_counter()
+        kl = self.kl_meter.measure()
+        entry: dict[str, Any] = {"step": step, "kl": kl, "seconds": round(time.perf_counter() - started, 4)}
+        trips = check_kl_gate(self.max_kl, kl, step)
+        if trips:
+            entry["trips"] = [t.as_dict() for t in trips]
+        self.kl_history.append(entry)
+        return {"forgetting/kl": kl}, trips
 
     def due(self, step: int, total_steps: int) -> bool:
         """Every `every_steps` and at the last step (whose record then carries the values)."""

@@ -297,6 +297,14 @@ class TrainingSpec(Strict):
     """L2-SP: add l2sp/2 x ||w - w_base||^2 over the trainable weights to the loss, pulling
     full and freeze fine-tunes toward the base model (mitigates forgetting; ddp only)."""
 
+    kl_to_base: float | None = Field(None, gt=0)
+    """Add kl_to_base x KL(tuned || base) on the training batch's response tokens to the loss:
+    the model learns the target while its next-token distribution stays close to the base
+    model's (mitigates forgetting without source data). The base forward is the same model
+    with its adapters disabled (lora, qlora), or a frozen copy of the base on each worker
+    (full, freeze: the memory estimate counts it). One extra forward pass per micro-batch;
+    ddp only; Liger's fused loss is not used (the KL needs the logits)."""
+
     log_every_steps: int = Field(1, ge=1)
     """Write a metrics.jsonl line every N optimizer steps."""
 
@@ -426,6 +434,23 @@ class ForgettingTaskSpec(Strict):
     in the metric's units). Overrides forgetting.max_drop."""
 
 
+class RepairSpec(Strict):
+    method: Literal["interpolate"] = "interpolate"
+    """interpolate: weights base + alpha x (tuned - base), alpha in [0, 1] (lora/qlora: the
+    adapter's update scaled by alpha). The largest alpha whose every source-task drop is within
+    its max_drop becomes the job's artifact; the unrepaired weights are kept beside it."""
+
+    grid: int = Field(11, ge=2, le=101)
+    """Alphas evaluated evenly over [0, 1] (11: 0, 0.1, ..., 1)."""
+
+    refine: int = Field(3, ge=0, le=10)
+    """Bisection steps between the largest passing alpha and the next one that failed."""
+
+    max_drop: float | None = Field(None, ge=0)
+    """The drop allowed on every source task; default: each task's own gate (its max_drop,
+    else forgetting.max_drop)."""
+
+
 class ForgettingSpec(Strict):
     tasks: list[ForgettingTaskSpec] = Field(default_factory=list)
     """Held-out source tasks measured on the base model and during training."""
@@ -437,8 +462,26 @@ class ForgettingSpec(Strict):
     """Gate for every task without its own max_drop."""
 
     action: Literal["warn", "stop", "rollback"] = "warn"
-    """When a gate trips: warn and go on; stop the job (non-zero exit); or finish and keep
-    the latest checkpoint that passed every gate."""
+    """When a gate trips (a task's max_drop or max_kl): warn and go on; stop the job (non-zero
+    exit); or finish and keep the latest checkpoint that passed every gate."""
+
+    kl_every_steps: int | None = Field(None, ge=1)
+    """Live forgetting meter: every N steps (and at the end), the mean KL(tuned || base) of the
+    next-token distributions on a fixed probe of training rows (response tokens only), logged
+    as forgetting/kl. Needs no source data. lora/qlora: the base is the same model with its
+    adapters disabled; full/freeze: the base's log-probabilities of the probe are computed
+    once before training and kept in host memory (probe tokens x vocabulary x 4 bytes)."""
+
+    kl_probe_rows: int = Field(16, ge=1, le=4096)
+    """Training rows in the meter's probe (a fixed, seeded sample)."""
+
+    max_kl: float | None = Field(None, gt=0)
+    """Gate on the meter: a KL above this trips like a task's max_drop (same action).
+    Needs kl_every_steps."""
+
+    repair: RepairSpec | None = None
+    """After training, interpolate between the base and the trained weights to bring every
+    source task within its max_drop (see RepairSpec)."""
 
 
 # --------------------------------------------------------------------------- merge

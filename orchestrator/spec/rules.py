@@ -210,9 +210,9 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
     if (gated or f.every_steps is not None) and not f.tasks:
         problems.append(Problem("forgetting.tasks", "forgetting gates and cadence need at least one source task",
                                 "list held-out source tasks under forgetting.tasks"))
-    if f.action != "warn" and not gated and f.tasks:
+    if f.action != "warn" and not gated and f.max_kl is None and (f.tasks or f.kl_every_steps):
         problems.append(Problem("forgetting.action", f"action '{f.action}' never fires without a gate",
-                                "set forgetting.max_drop or a task's max_drop"))
+                                "set forgetting.max_drop, a task's max_drop or forgetting.max_kl"))
     if f.action == "rollback" and spec.checkpoint.every_steps is None:
         problems.append(Problem("forgetting.action", "rollback needs intermediate checkpoints to roll back to",
                                 "set checkpoint.every_steps"))
@@ -224,6 +224,48 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
         problems.append(Problem("forgetting.every_steps", "rollback keeps a checkpoint that was evaluated and passed; "
                                 f"evaluations every {f.every_steps} steps do not all land on checkpoints every {every}",
                                 "make forgetting.every_steps a multiple of checkpoint.every_steps"))
+    if f.action == "rollback" and f.max_kl is not None and f.kl_every_steps and every and f.kl_every_steps % every:
+        problems.append(Problem("forgetting.kl_every_steps", "rollback keeps a checkpoint that was measured and "
+                                f"passed; KL measured every {f.kl_every_steps} steps does not land on every checkpoint "
+                                f"(every {every})", "make forgetting.kl_every_steps a multiple of checkpoint.every_steps"))
+    return problems
+
+
+def forgetting_controls_fit(spec: JobSpec) -> list[Problem]:
+    """The no-source-data controls: the KL meter and its gate, KL to the base, repair."""
+    f, t, kind = spec.forgetting, spec.training, spec.method.kind
+    problems = []
+    if f.max_kl is not None and f.kl_every_steps is None:
+        problems.append(Problem("forgetting.max_kl", "a KL gate needs the KL meter, which is off",
+                                "set forgetting.kl_every_steps (e.g. 50)"))
+    for where, on in (("forgetting.kl_every_steps", f.kl_every_steps is not None),
+                      ("training.kl_to_base", t.kl_to_base is not None), ("forgetting.repair", f.repair is not None)):
+        if on and kind == "head":
+            problems.append(Problem(where, "method head trains a classifier over a frozen backbone; it changes no "
+                                           "next-token distribution and no base weight", f"remove {where}"))
+    if t.kl_to_base is not None and spec.resources.strategy != "ddp":
+        problems.append(Problem("training.kl_to_base", f"the base forward runs on a whole model per worker; strategy "
+                                                       f"{spec.resources.strategy} shards it", "use strategy ddp"))
+    repair = f.repair
+    if repair is None or kind == "head":
+        return problems
+    if not f.tasks:
+        problems.append(Problem("forgetting.repair", "repair chooses how much of the fine-tune to keep by the source "
+                                                     "tasks' drops, and no source task is listed",
+                                "list held-out source tasks under forgetting.tasks"))
+    elif repair.max_drop is None and f.max_drop is None and all(x.max_drop is None for x in f.tasks):
+        problems.append(Problem("forgetting.repair", "repair keeps every source-task drop within its max_drop, and "
+                                                     "no task has one", "set forgetting.repair.max_drop, "
+                                                                        "forgetting.max_drop or a task's max_drop"))
+    if spec.data.eval is None:
+        problems.append(Problem("forgetting.repair", "repair reports how much of the target gain each alpha keeps, "
+                                                     "measured on data.eval, and this job has none", "add data.eval"))
+    lora = spec.method.lora
+    if lora is not None and kind in ("lora", "qlora") and (lora.use_dora or lora.bias != "none"):
+        what = "DoRA's magnitude" if lora.use_dora else f"trained biases (bias {lora.bias})"
+        problems.append(Problem("forgetting.repair", f"{what} make the adapter's update more than one scalable "
+                                                     "delta, so scaling it does not interpolate toward the base",
+                                "use plain LoRA (use_dora false, bias none) with repair"))
     return problems
 
 
@@ -334,6 +376,7 @@ RULES: tuple[Rule, ...] = (
     kernels_apply,
     steps_or_epochs,
     forgetting_tasks_consistent,
+    forgetting_controls_fit,
     merge_needs_adapter,
     checkpoint_resume_value,
     checkpoint_best_measured,

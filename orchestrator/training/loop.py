@@ -33,8 +33,10 @@ from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks
 from orchestrator.forgetting.watch import ForgettingWatch
 from orchestrator.jsonfile import write_json
 from orchestrator.models.build import build_model, load_tokenizer
+from orchestrator.models.divergence import BaseModel, KLMeter, loss_and_kl_sums
 from orchestrator.models.kernels import adapters_under_autocast, input_casts_skipped, token_loss_fn
 from orchestrator.models.loss import token_loss_sum
+from orchestrator.ranks import sum_across_ranks
 from orchestrator.rundir import RunDir
 from orchestrator.spec.models import JobSpec
 from orchestrator.training.feed import BatchFeed
@@ -93,6 +95,18 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
     autocast_adapters = adapters_under_autocast(model, spec)
     tokenizer = load_tokenizer(config.model_dir, spec.model)
     pad_id = int(tokenizer.pad_token_id)
+    # KL to the base (training.kl_to_base) and the live KL meter (forgetting.kl_every_steps):
+    # both read the base while the weights are still the base's, before any resume.
+    frozen_base = _frozen_base_copy(spec, config.model_dir, on_gpu, accelerator.device) \
+        if t.kl_to_base and spec.method.kind in ("full", "freeze") else None
+    unwrapped = accelerator.unwrap_model(model)
+    kl_base = BaseModel(unwrapped, frozen_base) if t.kl_to_base else None
+    kl_meter = None
+    if spec.forgetting.kl_every_steps:
+        kl_meter = KLMeter(unwrapped, _kl_probe(train_set, spec, pad_id), accelerator.device,
+                           spec.method.kind in ("lora", "qlora"), shard_eval,
+                           base=BaseModel(unwrapped, frozen_base) if frozen_base is not None else None)
+        kl_meter.snapshot()
 
     # ---- resume: the driver's choice, or after a restart the latest good checkpoint ----
     attempt, resume_from = _begin_attempt(config, run, rank)
@@ -131,7 +145,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
         spec, list(config.tasks), config.target,
         lambda tasks: evaluate_tasks(accelerator, model, tasks, tokenizer, pad_id, shard_eval), rank,
         Path(config.baseline_cache) if config.baseline_cache else None, config.baseline,
-        saved.forgetting if saved else None)
+        saved.forgetting if saved else None, kl_meter)
     if resume_from is None:
         watch.baseline()
         if eval_set is not None:  # the base model's target-task metrics, for negative transfer
@@ -161,16 +175,22 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
         epoch, batches = step_batches.epoch, step_batches.batches
         global_units = tallies.units(step_batches.loss_units)
         loss_sum = torch.zeros((), device=accelerator.device)
+        kl_step = torch.zeros((), device=accelerator.device)
         for k, batch in enumerate(batches):
             batch = {key: v.to(accelerator.device, non_blocking=True) for key, v in batch.items()}
             # DeepSpeed handles accumulation itself; FSDP2 reduces every micro-batch.
             sync = k == len(batches) - 1 or deepspeed or fsdp
             with (accelerator.no_sync(model) if not sync else nullcontext()), input_casts_skipped(autocast_adapters):
-                token_loss = _loss_sum(model, batch, loss_fn)
+                if kl_base is not None:
+                    token_loss, kl = loss_and_kl_sums(model, batch, kl_base)
+                    objective = token_loss + t.kl_to_base * kl
+                    kl_step = kl_step + kl.detach()
+                else:
+                    objective = token_loss = _loss_sum(model, batch, loss_fn)
                 # DDP and ZeRO average gradients over ranks, hence the world factor; DeepSpeed
                 # also divides by its accumulation steps, hence that factor.
                 scale = world * (t.grad_accum_steps if deepspeed else 1)
-                accelerator.backward(token_loss * scale / global_units.clamp(min=1))
+                accelerator.backward(objective * scale / global_units.clamp(min=1))
             loss_sum = loss_sum + token_loss.detach().float()
         if l2sp is not None:
             l2sp.add_to_gradients()
@@ -206,16 +226,24 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
                 record["grad_norm"] = float(norm)
             if l2sp is not None:
                 record["l2sp_penalty"] = l2sp.penalty()
+            if kl_base is not None:  # the step's mean KL to the base per label token
+                record["kl_to_base"] = sum_across_ranks([float(kl_step)], accelerator.device)[0] / \
+                    max(float(global_units), 1.0)
         if eval_set is not None and t.eval_every_steps and state.step % t.eval_every_steps == 0:
             record.update(step=state.step, **evaluate_target(accelerator, model, eval_set, pad_id,
                                                              t.per_device_batch_size, shard_eval))
-        if watch.due(state.step, total_steps):
-            scalars, trips = watch.evaluate(state.step)
+        trips = []
+        if watch.kl_due(state.step, total_steps):
+            scalars, trips = watch.measure_kl(state.step)
             record.update(step=state.step, **scalars, gates_passed=float(not trips))
-            if trips:
-                _gate_message(spec, trips, rank)
-                if spec.forgetting.action != "warn":
-                    gate_trips = trips
+        if watch.due(state.step, total_steps):
+            scalars, task_trips = watch.evaluate(state.step)
+            trips = trips + task_trips
+            record.update(step=state.step, **scalars, gates_passed=float(not trips))
+        if trips:
+            _gate_message(spec, trips, rank)
+            if spec.forgetting.action != "warn":
+                gate_trips = trips
         if record:
             log.write(record)
         last_record = record
@@ -257,7 +285,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
             world_size=world, steps=state.step, samples_seen=state.samples, tokens_seen=state.tokens,
             train_seconds=state.train_seconds, forgetting_evals=watch.evals, baseline_cached=watch.baseline_cached,
             final_loss=log.last_loss, final_eval=final, eval_base=state.eval_base,
-            forgetting_history=watch.history, target_history=watch.target_history,
+            forgetting_history=watch.history, target_history=watch.target_history, kl_history=watch.kl_history,
             params={"trainable": params.trainable, "total": params.total}, engine="; ".join(engine),
             resumed_from=str(resume_from) if resume_from else None,
             checkpoint=str(writer.committed[-1]) if writer.committed else None,
@@ -279,6 +307,29 @@ def _loss_sum(model, batch: dict[str, torch.Tensor], loss_fn=token_loss_sum) -> 
     return loss_fn(model, batch)
 
 
+def _frozen_base_copy(spec: JobSpec, model_dir: str, on_gpu: bool, device):
+    """A frozen copy of the base for kl_to_base on full/freeze fine-tuning, in the compute
+    dtype (bf16 under bf16 precision on a GPU: it is never trained)."""
+    copy, _ = build_model(spec.model_copy(update={"method": spec.method.model_copy(update={"kind": "full"})}),
+                          model_dir, on_gpu)
+    copy.requires_grad_(False)
+    copy.eval()
+    if on_gpu and spec.training.precision in ("bf16", "bf16-pure"):
+        copy = copy.to(torch.bfloat16)
+    return copy.to(device)
+
+
+def _kl_probe(train_set, spec: JobSpec, pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """The KL meter's probe: forgetting.kl_probe_rows training rows drawn with the job's seed,
+    collated in batches of per_device_batch_size."""
+    from orchestrator.data.collate import collate
+
+    k = min(spec.forgetting.kl_probe_rows, len(train_set))
+    rows = sorted(random.Random(spec.training.seed).sample(range(len(train_set)), k))
+    size = spec.training.per_device_batch_size
+    return [collate([train_set[i] for i in rows[j:j + size]], pad_id) for j in range(0, k, size)]
+
+
 def _seed_everything(seed: int) -> None:
     # Same seed on every rank: model init (and LoRA init) must match across replicas.
     random.seed(seed)
@@ -294,7 +345,7 @@ def _seed_everything(seed: int) -> None:
 def _gate_message(spec: JobSpec, trips, rank: int) -> None:
     if rank == 0:
         action = spec.forgetting.action
-        print(f"forgetting gate tripped ({action}): " + "; ".join(t.message() for t in trips))
+        print(f"forgetting gate tripped ({action}): " + "; ".join(t.message() for t in trips), flush=True)
 
 
 def _apply_gate(spec: JobSpec, trips, watch: ForgettingWatch, writer: CheckpointWriter, accelerator, model,
@@ -311,7 +362,7 @@ def _apply_gate(spec: JobSpec, trips, watch: ForgettingWatch, writer: Checkpoint
         choice: list[Any] = [None]
         if (dist.get_rank() if dist.is_initialized() else 0) == 0:
             by_step = {step_of(p): p for p in list_checkpoints(writer.checkpoints)}
-            kept = latest_passing_step(watch.gates, watch.history, sorted(by_step))
+            kept = latest_passing_step(watch.gates, watch.history, sorted(by_step), watch.kl_history, watch.max_kl)
             choice[0] = (kept, str(by_step[kept])) if kept is not None else None
         if dist.is_initialized():
             dist.broadcast_object_list(choice, src=0)

@@ -74,6 +74,7 @@ class WorkerResult:
     final_eval: dict[str, float] = field(default_factory=dict)
     eval_base: dict[str, float] | None = None
     forgetting_history: list[dict[str, Any]] = field(default_factory=list)
+    kl_history: list[dict[str, Any]] = field(default_factory=list)  # the KL meter: step, kl, seconds
     target_history: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, int] = field(default_factory=dict)
     engine: str = ""  # attention, kernels and compile the model was built with
