@@ -76,3 +76,25 @@ def cmd_eval(model: str | None, adapter: Path | None, tasks: list[str], job: Pat
         err_console.print(f"[red]✗ gate:[/red] {trip.task} {trip.metric} {trip.base:.3f} -> {trip.value:.3f} "
                           f"(drop {trip.drop:.3f} > max_drop {trip.max_drop:g})")
     return ExitCode.GATE if trips else ExitCode.OK
+
+
+@command("repair",
+         Arg("run_dir", type=Path, metavar="RUN_DIR", help="a finished run dir (its adapter/ or model/ is repaired)"),
+         Arg("--max-drop", type=float, default=None,
+             help="the drop allowed on every source task (default: the job's forgetting.repair.max_drop, else each "
+                  "task's max_drop)"),
+         exits="Interpolates between the base and the run's trained weights, keeps the largest alpha whose every "
+               "source-task drop is within its max_drop, and makes those weights the run's artifact (the trained ones "
+               "move to adapter.unrepaired/ or model.unrepaired/; a second repair starts from them). Exit 0 when "
+               "repaired, 2 when the run cannot be repaired (nothing is changed), 1 on failure.")
+def cmd_repair(run_dir: Path, max_drop: float | None) -> int:
+    """Repair a finished run's forgetting by interpolating toward the base model."""
+    from orchestrator.forgetting.repair import RepairError, repair_finished_run
+
+    if max_drop is not None and max_drop < 0:
+        return fail("--max-drop must be >= 0", ExitCode.INVALID)
+    try:
+        repair_finished_run(run_dir, max_drop, console)
+    except RepairError as err:
+        return fail(f"cannot repair {run_dir}: {err}", ExitCode.INVALID)
+    return ExitCode.OK

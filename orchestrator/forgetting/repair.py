@@ -306,3 +306,74 @@ def curve_table(result: dict[str, Any]):
         target = "" if p["target"] is None else f"{p['target']:.3f}"
         table.add_row(f"{mark}{p['alpha']:g}", *cells, target, "yes" if p["passed"] else "[red]no[/red]")
     return table
+
+
+def repair_finished_run(run_dir: Path, max_drop: float | None, console) -> dict[str, Any]:
+    """`ftctl repair RUN_DIR`: repair a finished run's artifact after the fact, with the job's own
+    tasks, target and recorded base values; forgetting.json/.png and summary.json are
+    rewritten to describe the repaired artifact. Raises RepairError when it cannot."""
+    import json
+
+    import yaml
+
+    from orchestrator.forgetting.report import apply_repair, forgetting_table, write_forgetting_report
+    from orchestrator.forgetting.tasks import prepare_tasks, target_task
+    from orchestrator.models.build import load_tokenizer, resolve_model_dir
+    from orchestrator.rundir import RunDir
+    from orchestrator.summary import RunSummary
+
+    run = RunDir(Path(run_dir))
+    if not run.job.is_file() or not run.summary.is_file():
+        raise RepairError(f"{run.root} is not a finished run dir (no job.yaml or summary.json)")
+    spec = JobSpec.model_validate(yaml.safe_load(run.job.read_text()))
+    kind = spec.method.kind
+    if kind == "head":
+        raise RepairError("method head trains a classifier over a frozen backbone; there is nothing to interpolate")
+    lora = spec.method.lora
+    if lora is not None and kind in ADAPTER_KINDS and (lora.use_dora or lora.bias != "none"):
+        raise RepairError("the adapter trains DoRA magnitudes or biases, so scaling it does not interpolate")
+    if not spec.forgetting.tasks:
+        raise RepairError("the job measured no source task, so no alpha can be chosen by their drops")
+    if spec.data.eval is None:
+        raise RepairError("the job has no data.eval to measure the target gain on")
+    if not budgets(spec, max_drop):
+        raise RepairError("no source task of the job has a max_drop; pass --max-drop")
+    artifact = run.artifact(kind)
+    if not artifact.is_dir() and not unrepaired_dir(artifact).is_dir():
+        raise RepairError(f"the run left no {artifact.name}/ to repair (its status: "
+                          f"{json.loads(run.summary.read_text()).get('status')})")
+    report = json.loads(run.forgetting_json.read_text()) if run.forgetting_json.is_file() else None
+    base = {name: t["base"] for name, t in report["tasks"].items()} if report else None
+    model_dir = str(resolve_model_dir(spec.model, progress=lambda _m: None))
+    tokenizer = load_tokenizer(model_dir, spec.model)
+    tasks, target = prepare_tasks(spec, tokenizer), target_task(spec)
+    eval_cache = None
+    if target is None:
+        from orchestrator.data.pipeline import prepare_dataset
+
+        eval_cache = str(prepare_dataset(spec.data.eval, spec.data, tokenizer).cache_dir)
+    result = repair_run(spec, artifact, model_dir, tasks, target, eval_cache, base, console, max_drop)
+    summary = RunSummary.from_json(json.loads(run.summary.read_text()))
+    artifacts = {**summary.artifacts, run.artifact_key(kind): str(artifact),
+                 run.artifact_key(kind) + "_unrepaired": result["unrepaired"]}
+    if run.merged.is_dir():  # made from the trained adapter: it is not this artifact any more
+        aside = unrepaired_dir(run.merged)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(run.merged, aside)
+        artifacts.pop("merged", None)
+        console.print(f"merged/ was made from the trained adapter: moved to {aside}; merge the repaired one with "
+                      f"`ftctl merge --adapter {artifact} --out DIR`", soft_wrap=True)
+    forgetting = summary.forgetting
+    if report is not None:
+        report = apply_repair(report, result)
+        write_forgetting_report(report, run.forgetting_json, run.forgetting_png)
+        console.print(forgetting_table(report))
+        forgetting = report["summary"]
+    import dataclasses
+
+    summary = dataclasses.replace(summary, repair=summary_block(result), artifacts=artifacts, forgetting=forgetting)
+    summary.write(run.summary)
+    if run.root.joinpath("promotion.json").is_file():
+        console.print("note: the registry holds the version this run registered before the repair; a refresh with "
+                      "forgetting.repair registers the repaired adapter", soft_wrap=True)
+    return result

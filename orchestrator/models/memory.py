@@ -64,10 +64,12 @@ class MemoryEstimate:
     budget: int | None
     """Memory available to one worker, or None when unknown."""
     notes: list[str] = field(default_factory=list)
+    base_copy: int = 0
+    """A frozen copy of the base for training.kl_to_base on full/freeze fine-tuning."""
 
     @property
     def total(self) -> int:
-        return (self.weights + self.adapter_weights + self.gradients + self.optimizer_states
+        return (self.weights + self.base_copy + self.adapter_weights + self.gradients + self.optimizer_states
                 + self.activations + self.buffers + self.overhead)
 
     @property
@@ -76,7 +78,8 @@ class MemoryEstimate:
 
     def rows(self) -> list[tuple[str, int]]:
         """(label, bytes) per component, in display order."""
-        return [("weights", self.weights), ("adapter weights", self.adapter_weights),
+        copy = [("frozen base copy (kl_to_base)", self.base_copy)] if self.base_copy else []
+        return [("weights", self.weights), *copy, ("adapter weights", self.adapter_weights),
                 ("gradients", self.gradients), ("optimizer states", self.optimizer_states),
                 ("activations", self.activations), ("buffers", self.buffers), ("CUDA context", self.overhead)]
 
@@ -197,6 +200,14 @@ def estimate_memory(spec: JobSpec, shape: ModelShape, gpu_memory_gib: float | No
                     gradients = 0
 
     activations = activation_bytes(spec, shape, notes)
+    base_copy = 0
+    if spec.training.kl_to_base and m.kind in ("full", "freeze"):
+        # Never trained: held in bf16 under bf16 precision on a GPU, else in the load dtype.
+        copy_bytes = 2 if on_gpu and spec.training.precision in ("bf16", "bf16-pure") else w_bytes
+        base_copy = total_params * copy_bytes
+    if spec.forgetting.kl_every_steps and m.kind in ("full", "freeze") and not base_copy:
+        notes.append("the KL meter keeps the base's log-probabilities of its probe in host RAM "
+                     f"(up to {spec.forgetting.kl_probe_rows} rows x {spec.data.max_seq_len} tokens x {v} x 4 bytes)")
     overhead = CUDA_CONTEXT_BYTES if on_gpu else 0
 
     budget = None
@@ -208,7 +219,8 @@ def estimate_memory(spec: JobSpec, shape: ModelShape, gpu_memory_gib: float | No
     estimate = MemoryEstimate(weights=weights, adapter_weights=adapter_weights, gradients=gradients,
                               optimizer_states=optimizer, activations=activations, buffers=buffers,
                               overhead=overhead, offloaded=offloaded, total_params=total_params,
-                              trainable_params=trainable, on_gpu=on_gpu, budget=budget, notes=notes)
+                              trainable_params=trainable, on_gpu=on_gpu, budget=budget, notes=notes,
+                              base_copy=base_copy)
     notes.extend(_advice(spec, estimate))
     return estimate
 
@@ -262,6 +274,9 @@ def activation_bytes(spec: JobSpec, shape: ModelShape, notes: list[str] | None =
         per_token = active * block
     if m.kind != "head":
         per_token += v * (a_bytes + (4 if a_bytes < 4 else 0) + 4)
+    if t.kl_to_base and m.kind != "head":
+        # The base's logits (compute dtype) and both fp32 log-softmaxes of the KL term.
+        per_token += v * (a_bytes + 4 + 4)
 
     # One (batch, 1, seq, seq) boolean mask where SDPA or eager attention is handed one:
     # padded batches, and packed rows on CPU (on a GPU they go through flash-attention's
