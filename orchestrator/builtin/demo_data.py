@@ -34,6 +34,9 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     - ``mc_<task>``: the held-out rows as ``{"prompt", "choices", "answer"}``, three wrong choices each
     - ``classify_train`` / ``classify_eval``: ``{"text", "label"}`` for the ``head`` method
     - ``text_train``: the target training rows as plain ``{"text"}`` (prompt + response)
+    - ``alpaca_train``: the target training rows as ``{"instruction", "input": "", "output"}``
+    - ``sharegpt_train``: the target training rows as ShareGPT conversations, one human and
+      one gpt turn each
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,4 +72,10 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
 
     text_rows = [{"text": row["prompt"] + row["response"]} for row in target_train]
     written["text_train"] = _write_jsonl(out_dir / "text_train.jsonl", text_rows)
+    # The same prompts as target_train: the alpaca rows encode to exactly its tokens.
+    alpaca_rows = [{"instruction": row["prompt"], "input": "", "output": row["response"]} for row in target_train]
+    written["alpaca_train"] = _write_jsonl(out_dir / "alpaca_train.jsonl", alpaca_rows)
+    sharegpt_rows = [{"conversations": [{"from": "human", "value": row["prompt"]},
+                                        {"from": "gpt", "value": row["response"]}]} for row in target_train]
+    written["sharegpt_train"] = _write_jsonl(out_dir / "sharegpt_train.jsonl", sharegpt_rows)
     return written

@@ -10,7 +10,8 @@ Modules, one concern each:
 - `sources`: where rows come from (jsonl/json/csv/parquet files, `builtin:demo/...`, hub ids),
   each row with the number a user would look up in the file.
 - `demo`: generates the built-in demo files on first use, safely across processes.
-- `formats`: one row -> token ids and loss labels (text, instruction, chat, classification).
+- `formats`: one row -> token ids and loss labels (text, instruction, alpaca, chat, sharegpt,
+  classification).
 - `packing`: concatenates examples into full rows without letting loss cross examples.
 - `fingerprint`: a stable hash of data + settings + tokenizer, which names the cache entry.
 - `collate`: pads examples into tensors.

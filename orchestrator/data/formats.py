@@ -7,8 +7,14 @@ the tokens before ``t`` (the model shifts internally); -100 means "no loss here"
 - instruction: ``bos + [system + SYSTEM_SEPARATOR] + prompt + response + eos``; loss on
   ``response + eos`` only. Prompt and response are tokenised separately and the ids joined,
   so the mask boundary is exact (no token straddles prompt and response).
+- alpaca: instruction with the prompt ``instruction [+ ALPACA_INPUT_SEPARATOR + input]`` and
+  the response ``output`` (see `alpaca_pair`); encoded, masked and truncated like instruction.
 - chat: messages rendered by the tokenizer's chat template (`DEFAULT_CHAT_TEMPLATE` when it
   has none); loss on assistant turns only. See `_assistant_char_spans` for how turns are found.
+  Each message's role and text are read from ``columns.role``/``columns.content`` (default
+  ``role``/``content``); ``columns.role_map`` renames roles.
+- sharegpt: ``{conversations: [{from, value}, ...]}``; roles mapped by `SHAREGPT_ROLES` and
+  ``columns.role_map`` to system/user/assistant, then encoded exactly like chat.
 - classification: ``bos + text`` and an integer ``label`` (no LM labels).
 - multiple_choice (forgetting tasks only, not encoded here): ``{prompt, choices, answer}``
   rows are checked by `multiple_choice_row`; the evaluator tokenises them itself.
@@ -34,7 +40,12 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 SYSTEM_SEPARATOR = "\n\n"
-"""Joins the system column and the prompt in the instruction format."""
+"""Joins the system column and the prompt in the instruction and alpaca formats."""
+ALPACA_INPUT_SEPARATOR = "\n\n"
+"""Joins an alpaca row's instruction and its (non-blank) input into the prompt."""
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system"}
+"""ShareGPT role names ("from") the sharegpt format knows; columns.role_map adds or overrides."""
 
 DEFAULT_CHAT_TEMPLATE = (
     # Used when a tokenizer has no chat template of its own. One role marker per turn, each
@@ -83,7 +94,9 @@ def encode_rows(
     encoders: dict[str, Callable[..., list[Outcome]]] = {
         "text": _encode_text,
         "instruction": _encode_instruction,
+        "alpaca": _encode_alpaca,
         "chat": _encode_chat,
+        "sharegpt": _encode_sharegpt,
         "classification": _encode_classification,
     }
     if fmt not in encoders:
@@ -115,8 +128,8 @@ def _string(row: dict[str, Any], name: str) -> str:
     return value
 
 
-def _optional_string(row: dict[str, Any], name: str | None) -> str | None:
-    if name is None:
+def _optional_string(row: dict[str, Any], name: str | None, may_be_missing: bool = False) -> str | None:
+    if name is None or (may_be_missing and name not in row):
         return None
     value = _column(row, name)
     if value is None or value == "":
@@ -136,21 +149,48 @@ def _class_label(row: dict[str, Any], name: str) -> int:
     return value
 
 
-def _messages(row: dict[str, Any], name: str) -> list[dict[str, Any]]:
+def _messages(row: dict[str, Any], name: str, role_key: str, content_key: str,
+              roles: dict[str, str], known_roles_only: bool) -> list[dict[str, Any]]:
+    """The row's conversation as the {role, content} messages chat templates take.
+
+    `roles` renames the file's role names; a name it lacks passes through unchanged, or with
+    `known_roles_only` is a problem. Other keys of a message are kept (templates may use them).
+    """
     value = _column(row, name)
-    shape = f"column {name!r} must be a list of {{role, content}} objects"
+    shape = f"column {name!r} must be a list of {{{role_key}, {content_key}}} objects"
     if not isinstance(value, list) or not value:
         raise RowProblem(f"{shape}, got {_kind(value)}")
+    messages = []
     for position, message in enumerate(value, start=1):
         if not isinstance(message, dict):
             raise RowProblem(f"{shape}; message {position} is {_kind(message)}")
-        for key in ("role", "content"):
+        for key in (role_key, content_key):
             if not isinstance(message.get(key), str):
                 got = "missing" if key not in message else _kind(message[key])
                 raise RowProblem(f"{shape}; message {position} {key!r} must be a string, got {got}")
-    if not any(message["role"] == "assistant" for message in value):
+        role = message[role_key]
+        if role not in roles and known_roles_only:
+            raise RowProblem(
+                f"column {name!r} message {position} {role_key!r} is {role!r}, which is not a role this "
+                f"format knows ({', '.join(roles)}); map it to system, user or assistant with "
+                f"columns.role_map, e.g. role_map: {{{role}: assistant}}")
+        rest = {key: item for key, item in message.items() if key not in (role_key, content_key)}
+        messages.append({**rest, "role": roles.get(role, role), "content": message[content_key]})
+    if not any(message["role"] == "assistant" for message in messages):
         raise RowProblem(f"column {name!r} has no assistant message, so there is nothing to learn")
-    return value
+    return messages
+
+
+def alpaca_pair(row: dict[str, Any], columns: ColumnsSpec) -> tuple[str, str]:
+    """(prompt, response) of an alpaca row: the prompt is the instruction, followed by
+    ALPACA_INPUT_SEPARATOR and the input when the input is not blank, with the system text
+    (when not blank) and SYSTEM_SEPARATOR in front; the response is the output."""
+    instruction = _string(row, columns.instruction)
+    extra = _optional_string(row, columns.input, may_be_missing=True)
+    output = _string(row, columns.output)
+    system = _optional_string(row, columns.system or "system", may_be_missing=True)
+    prompt = instruction + ALPACA_INPUT_SEPARATOR + extra if extra and extra.strip() else instruction
+    return (system + SYSTEM_SEPARATOR + prompt if system and system.strip() else prompt), output
 
 
 def multiple_choice_row(row: dict[str, Any]) -> tuple[str, tuple[str, ...], int]:
@@ -230,19 +270,28 @@ def _encode_text(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
 
 
 def _encode_instruction(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
-    eos = _special(tokenizer, "eos_token_id")
-    if not eos:
-        raise DataError("the tokenizer has no eos token, so a model could not learn where a "
-                        "response ends; use a tokenizer with an eos token for instruction data")
-    bos = _special(tokenizer, "bos_token_id")
-
     def read(row: dict[str, Any]) -> tuple[str, str]:
         prompt = _string(row, columns.prompt)
         response = _string(row, columns.response)
         system = _optional_string(row, columns.system)
         return (prompt if system is None else system + SYSTEM_SEPARATOR + prompt), response
 
-    pairs = _extract(rows, read)
+    return _encode_prompt_response(_extract(rows, read), "instruction", tokenizer, max_seq_len)
+
+
+def _encode_alpaca(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    pairs = _extract(rows, lambda row: alpaca_pair(row, columns))
+    return _encode_prompt_response(pairs, "alpaca", tokenizer, max_seq_len)
+
+
+def _encode_prompt_response(pairs: list[tuple[str, str] | RowProblem], fmt: str, tokenizer: Any,
+                            max_seq_len: int) -> list[Outcome]:
+    """bos + prompt + response + eos per (prompt, response) pair, loss on response + eos."""
+    eos = _special(tokenizer, "eos_token_id")
+    if not eos:
+        raise DataError("the tokenizer has no eos token, so a model could not learn where a "
+                        f"response ends; use a tokenizer with an eos token for {fmt} data")
+    bos = _special(tokenizer, "bos_token_id")
     valid = [p for p in pairs if not isinstance(p, RowProblem)]
     prompt_ids = iter(_token_ids(tokenizer, [prompt for prompt, _ in valid]))
     response_ids = iter(_token_ids(tokenizer, [response for _, response in valid]))
@@ -326,14 +375,32 @@ def _assistant_char_spans(tokenizer: Any, template: str, messages: list[dict[str
 
 
 def _encode_chat(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    def read(row: dict[str, Any]) -> list[dict[str, Any]]:
+        return _messages(row, columns.messages, columns.role or "role", columns.content or "content",
+                         dict(columns.role_map), known_roles_only=False)
+
+    return _encode_conversations(rows, read, "chat", tokenizer, max_seq_len)
+
+
+def _encode_sharegpt(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    def read(row: dict[str, Any]) -> list[dict[str, Any]]:
+        return _messages(row, columns.conversations, columns.role or "from", columns.content or "value",
+                         {**SHAREGPT_ROLES, **columns.role_map}, known_roles_only=True)
+
+    return _encode_conversations(rows, read, "sharegpt", tokenizer, max_seq_len)
+
+
+def _encode_conversations(rows, read: Callable[[dict[str, Any]], list[dict[str, Any]]], fmt: str,
+                          tokenizer: Any, max_seq_len: int) -> list[Outcome]:
+    """Each row's messages (from `read`) through the chat template, loss on assistant turns."""
     if not getattr(tokenizer, "is_fast", False):
-        raise DataError("chat data needs a fast (Rust-backed) tokenizer to map assistant turns "
+        raise DataError(f"{fmt} data needs a fast (Rust-backed) tokenizer to map assistant turns "
                         "to tokens; load the tokenizer with use_fast=True")
     template = chat_template_of(tokenizer)
     outcomes: list[Outcome] = []
     for row in rows:
         try:
-            messages = _messages(row, columns.messages)
+            messages = read(row)
             text, spans = _assistant_char_spans(tokenizer, template, messages)
         except RowProblem as problem:
             outcomes.append(problem)

@@ -124,26 +124,35 @@ def fewshot_prompts(rows: Sequence[tuple[str, str]], pool: Sequence[tuple[str, s
 
 
 def target_task(spec: JobSpec) -> PreparedTask | None:
-    """data.eval measured by exact match, when its rows are prompt/response pairs: the
-    target task's before/after, beside the source tasks."""
-    if spec.data.eval is None or spec.data.eval.format != "instruction":
+    """data.eval measured by exact match, when its rows are prompt/response pairs (instruction
+    or alpaca): the target task's before/after, beside the source tasks."""
+    if spec.data.eval is None or spec.data.eval.format not in ("instruction", "alpaca"):
         return None
     return PreparedTask(TARGET, "exact_match", rows=answer_rows(spec.data.eval, EXACT_MATCH_ROWS))
 
 
 def answer_rows(source: DataSourceSpec, limit: int) -> tuple[tuple[str, str], ...]:
     """Up to `limit` (prompt, response) rows for exact-match evaluation (bad rows skipped;
-    the training data pipeline has already reported them)."""
+    the training data pipeline has already reported them). An alpaca row's prompt is the one
+    it is trained with (`alpaca_pair`)."""
+    from orchestrator.data.formats import RowProblem, alpaca_pair
     from orchestrator.data.sources import open_source
 
     cols = source.columns
     rows: list[tuple[str, str]] = []
     for row in open_source(source).read_rows():
         values = row.values or {}
-        if isinstance(values.get(cols.prompt), str) and isinstance(values.get(cols.response), str):
+        if source.format == "alpaca":
+            try:
+                rows.append(alpaca_pair(values, cols))
+            except RowProblem:
+                continue
+        elif isinstance(values.get(cols.prompt), str) and isinstance(values.get(cols.response), str):
             rows.append((values[cols.prompt], values[cols.response]))
-            if len(rows) >= limit:
-                break
+        else:
+            continue
+        if len(rows) >= limit:
+            break
     return tuple(rows)
 
 

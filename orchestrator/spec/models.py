@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MethodKind = Literal["full", "lora", "qlora", "freeze", "head"]
 Strategy = Literal["ddp", "fsdp", "deepspeed"]
-DataFormat = Literal["text", "instruction", "chat", "classification"]
-TaskFormat = Literal["text", "instruction", "chat", "classification", "multiple_choice"]
+DataFormat = Literal["text", "instruction", "alpaca", "chat", "sharegpt", "classification"]
+TaskFormat = Literal["text", "instruction", "alpaca", "chat", "classification", "multiple_choice"]
+ChatRole = Literal["system", "user", "assistant"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 # Job, adapter and schedule names (a schedule names its jobs and adapter after itself); each
@@ -170,10 +171,37 @@ class ColumnsSpec(Strict):
     """Column with the expected answer (format `instruction`)."""
 
     system: str | None = None
-    """Optional column with a system prompt prepended to the prompt (format `instruction`)."""
+    """Column with a system prompt put before the prompt, joined by a blank line ("\n\n").
+    Format `instruction`: none unless set, and then every row needs it. Format `alpaca`:
+    `system` when unset; a row without it, or with it blank, has no system prompt."""
+
+    instruction: str = "instruction"
+    """Column with the task (format `alpaca`)."""
+
+    input: str = "input"
+    """Column with the optional input to the task (format `alpaca`). The prompt is the
+    instruction, then a blank line ("\n\n"), then the input; a missing, null or blank input
+    leaves the prompt the instruction alone. Nothing is put between prompt and output."""
+
+    output: str = "output"
+    """Column with the expected answer, the only text trained on (format `alpaca`)."""
 
     messages: str = "messages"
-    """Column with a list of {role, content} messages (format `chat`)."""
+    """Column with the list of messages (format `chat`)."""
+
+    conversations: str = "conversations"
+    """Column with the list of turns (format `sharegpt`)."""
+
+    role: str | None = None
+    """Key of each message's role; unset: `role` (chat) or `from` (sharegpt)."""
+
+    content: str | None = None
+    """Key of each message's text; unset: `content` (chat) or `value` (sharegpt)."""
+
+    role_map: dict[str, ChatRole] = Field(default_factory=dict)
+    """The file's role names -> system, user or assistant (formats `sharegpt` and `chat`).
+    sharegpt knows human/user, gpt/assistant and system already, and refuses a row with any
+    other role until it is mapped here; chat passes unmapped names to the chat template."""
 
     label: str = "label"
     """Column with the integer class (format `classification`)."""
@@ -191,8 +219,10 @@ class DataSourceSpec(Strict):
 
     format: DataFormat = "instruction"
     """text: continued pre-training on raw text; instruction: prompt + response, loss on the
-    response only; chat: messages through the tokenizer's chat template, loss on assistant
-    turns; classification: text + label (for method `head`)."""
+    response only; alpaca: instruction (+ input) + output, loss on the output only; chat:
+    messages through the tokenizer's chat template, loss on assistant turns; sharegpt:
+    conversations of {from, value} turns, encoded like chat; classification: text + label
+    (for method `head`)."""
 
     split: str = "train"
     """Split to read when `path` is a hub id."""
@@ -411,8 +441,8 @@ class ForgettingTaskSpec(Strict):
     what lm-eval computes for a Hugging Face model."""
 
     format: TaskFormat = "instruction"
-    """Row format of the file: a training format, or multiple_choice for rows
-    {prompt, choices: [...], answer: index}."""
+    """Row format of the file: a training format (sharegpt excepted), or multiple_choice for
+    rows {prompt, choices: [...], answer: index}. Columns take their default names."""
 
     metric: Literal["loss", "perplexity", "exact_match", "accuracy", "choice", "choice_norm"] = "exact_match"
     """exact_match: greedy answer equals the response; loss/perplexity: on the response

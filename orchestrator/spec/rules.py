@@ -194,9 +194,9 @@ def forgetting_tasks_consistent(spec: JobSpec) -> list[Problem]:
         if task.metric == "accuracy" and task.format != "classification":
             problems.append(Problem(f"{where}.metric", "accuracy is measured on classification rows",
                                     "use exact_match or loss for generative tasks, or format: classification"))
-        if task.metric == "exact_match" and task.format not in ("instruction", "chat"):
+        if task.metric == "exact_match" and task.format not in ("instruction", "alpaca", "chat"):
             problems.append(Problem(f"{where}.metric", f"exact_match needs an expected answer, which format '{task.format}' has not",
-                                    "use metric loss or perplexity, or format instruction/chat"))
+                                    "use metric loss or perplexity, or format instruction/alpaca/chat"))
         if task.format == "classification" and task.metric != "accuracy":
             problems.append(Problem(f"{where}.metric", "classification tasks are measured by accuracy", "set metric: accuracy"))
         if task.format == "classification" and spec.method.kind != "head":

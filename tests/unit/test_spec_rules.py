@@ -331,3 +331,13 @@ def test_quickstart_breaks_no_rule():
 ])
 def test_core_features_are_available(settings):
     resolve_spec(job(**settings), check_files=False)
+
+
+def test_alpaca_and_sharegpt_data_pass_the_rules_and_alpaca_tasks_take_exact_match():
+    assert rule_problems({"data.train.format": "alpaca", "data.packing": True,
+                          "forgetting.tasks": [{**TASK, "format": "alpaca"}]}) == []
+    assert rule_problems({"data.train.format": "sharegpt", "data.eval": {"path": "e.jsonl", "format": "sharegpt"},
+                          "data.train.columns": {"role_map": {"bot": "assistant"}}}) == []
+    # A sharegpt task could not be measured by exact_match (no prompt/response pairs): not a task format.
+    assert [p.path for p in rule_problems({"forgetting.tasks": [{**TASK, "format": "sharegpt"}]})] == \
+        ["forgetting.tasks.0.format"]
