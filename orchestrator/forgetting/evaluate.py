@@ -20,6 +20,7 @@ from orchestrator.models.sharding import gathered_params
 from orchestrator.ranks import rank_and_world, sum_across_ranks
 
 LOSS_BATCH = 32  # rows per forward pass for loss / perplexity tasks
+PREFERENCE_COLUMN = "rejected_input_ids"  # a prepared dataset of preference pairs has it
 
 
 def evaluate_tasks(accelerator, model, tasks: list[PreparedTask], tokenizer, pad_id: int,
@@ -67,8 +68,14 @@ def evaluate_loss(accelerator, model, dataset, pad_id: int, batch_size: int, sha
     return loss_sum / max(tokens, 1.0)
 
 
-def evaluate_target(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True) -> dict[str, float]:
-    """Metrics on data.eval: eval_loss, plus eval_accuracy for a classification head."""
+def evaluate_target(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True,
+                    dpo=None, reference_table=None) -> dict[str, float]:
+    """Metrics on data.eval: eval_loss, plus eval_accuracy for a classification head, or for
+    preference pairs the DPO loss (`dpo`: its settings; default beta 0.1, sigmoid) with
+    eval_reward_accuracy and eval_reward_margin (`reference_table`: the base's
+    log-probabilities of the pairs, for a model without adapters)."""
+    if PREFERENCE_COLUMN in dataset.column_names:
+        return evaluate_preference(accelerator, model, dataset, pad_id, batch_size, shard, dpo, reference_table)
     if "label" not in dataset.column_names:
         return {"eval_loss": evaluate_loss(accelerator, model, dataset, pad_id, batch_size, shard)}
     unwrapped = accelerator.unwrap_model(model)
@@ -85,6 +92,27 @@ def evaluate_target(accelerator, model, dataset, pad_id: int, batch_size: int, s
     return {"eval_loss": totals[0] / n, "eval_accuracy": totals[1] / n}
 
 
+def evaluate_preference(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool = True,
+                        dpo=None, reference_table=None) -> dict[str, float]:
+    """The DPO loss of the pairs, the share whose chosen completion gets the larger reward, and
+    the mean reward margin, against the base (the model with its adapters disabled, or
+    `reference_table`; a bare model is its own reference)."""
+    from orchestrator.models.preference import Reference, dpo_sums
+
+    unwrapped = accelerator.unwrap_model(model)
+    reference = Reference.of(unwrapped, reference_table)
+    beta, loss = (dpo.beta, dpo.loss) if dpo is not None else (0.1, "sigmoid")
+    totals = [0.0, 0.0, 0.0, 0.0]  # loss, correct, margin, pairs
+    for batch in _eval_batches(accelerator, unwrapped, dataset, pad_id, batch_size, shard):
+        loss_sum, stats = dpo_sums(unwrapped, batch, reference, beta, loss)
+        totals = [totals[0] + float(loss_sum), totals[1] + float(stats[2]), totals[2] + float(stats[0] - stats[1]),
+                  totals[3] + float(batch["pairs"])]
+    if shard:
+        totals = sum_across_ranks(totals, accelerator.device)
+    n = max(totals[3], 1.0)
+    return {"eval_loss": totals[0] / n, "eval_reward_accuracy": totals[1] / n, "eval_reward_margin": totals[2] / n}
+
+
 def _eval_batches(accelerator, model, dataset, pad_id: int, batch_size: int, shard: bool):
     """This rank's evaluation batches, on device, with the model in eval mode and no grad."""
     rank, world = rank_and_world(shard)
@@ -94,7 +122,10 @@ def _eval_batches(accelerator, model, dataset, pad_id: int, batch_size: int, sha
     try:
         with torch.no_grad():
             for i in range(0, len(indices), batch_size):
-                batch = collate([dataset[j] for j in indices[i:i + batch_size]], pad_id)
+                rows = indices[i:i + batch_size]
+                batch = collate([dataset[j] for j in rows], pad_id)
+                if "pairs" in batch:  # preference pairs: their rows index a reference table
+                    batch["rows"] = torch.tensor(rows)
                 yield {k: v.to(accelerator.device) for k, v in batch.items()}
     finally:
         model.train(was_training)

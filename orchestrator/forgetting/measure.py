@@ -22,8 +22,9 @@ class Measured:
 
 def measure(load_base: Callable[[], Any], adapters: dict[str, Path | None], tasks: list[PreparedTask], tokenizer,
             eval_set=None, batch_size: int = 8, device: str | None = None,
-            progress: Callable[[str], None] = lambda _m: None) -> dict[str, Measured]:
-    """Each label's values: None measures the bare base, a path the base with that adapter."""
+            progress: Callable[[str], None] = lambda _m: None, dpo=None) -> dict[str, Measured]:
+    """Each label's values: None measures the bare base, a path the base with that adapter.
+    `dpo`: the DPO settings a preference eval set's loss is measured with."""
     import gc
 
     import torch
@@ -36,7 +37,7 @@ def measure(load_base: Callable[[], Any], adapters: dict[str, Path | None], task
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     def values(model) -> Measured:
-        target = evaluate_target(accelerator, model, eval_set, pad_id, batch_size, shard=False)["eval_loss"] \
+        target = evaluate_target(accelerator, model, eval_set, pad_id, batch_size, shard=False, dpo=dpo)["eval_loss"] \
             if eval_set is not None else float("nan")
         return Measured(target, evaluate_tasks(accelerator, model, tasks, tokenizer, pad_id, shard=False))
 

@@ -189,7 +189,7 @@ def repair(spec: JobSpec, artifact: Path, model_dir: str, tasks: list[PreparedTa
     import torch
     from accelerate import Accelerator
 
-    from orchestrator.forgetting.evaluate import evaluate_target, evaluate_tasks
+    from orchestrator.forgetting.evaluate import PREFERENCE_COLUMN, evaluate_target, evaluate_tasks
     from orchestrator.models.build import load_tokenizer
 
     started = time.perf_counter()
@@ -209,6 +209,12 @@ def repair(spec: JobSpec, artifact: Path, model_dir: str, tasks: list[PreparedTa
     weights = Interpolation(spec, model_dir, trained, device)
     metrics = {t.name: task_metric(t) for t in spec.forgetting.tasks}
     target_metric = "exact_match" if target is not None else "loss"
+    table = None  # preference pairs measured on full weights: the base's log-probabilities are their reference
+    if eval_set is not None and PREFERENCE_COLUMN in eval_set.column_names and not weights.adapters:
+        from orchestrator.models.preference import reference_table
+
+        weights.set(0.0)
+        table = reference_table(weights.model, eval_set, pad_id, spec.training.per_device_batch_size, device, False)
 
     def evaluate(alpha: float) -> Point:
         progress(f"alpha {alpha:g}")
@@ -218,7 +224,7 @@ def repair(spec: JobSpec, artifact: Path, model_dir: str, tasks: list[PreparedTa
             goal = evaluate_tasks(accelerator, weights.model, [target], tokenizer, pad_id, shard=False)[TARGET]
         elif eval_set is not None:
             goal = evaluate_target(accelerator, weights.model, eval_set, pad_id, spec.training.per_device_batch_size,
-                                   shard=False)["eval_loss"]
+                                   shard=False, dpo=spec.training.dpo, reference_table=table)["eval_loss"]
         else:
             goal = None
         return Point(alpha, values, goal)

@@ -69,6 +69,8 @@ def fused_loss_refusal(apply_fn: Callable, config: Any, spec: JobSpec) -> str | 
     softcap = getattr(config.get_text_config(), "final_logit_softcapping", None)
     if softcap is not None and config.model_type not in SOFTCAP_AWARE:
         return f"Liger's forward for '{config.model_type}' ignores final_logit_softcapping={softcap}"
+    if spec.training.objective == "dpo":
+        return "DPO compares whole completions' log-probabilities, which the fused loss never makes"
     if spec.training.kl_to_base:
         return "training.kl_to_base compares the logits, which the fused loss never makes"
     if spec.resources.strategy == "deepspeed" and (spec.resources.zero_stage or 2) == 3:

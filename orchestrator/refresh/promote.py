@@ -108,7 +108,8 @@ def measure(spec: JobSpec, models: dict[str, Path | None]) -> dict[str, Measured
     quantization = bnb_config(spec.method) if spec.method.kind == "qlora" else None
     return measure_models(lambda: load_base_model(model_dir, spec.model.revision, spec.model.trust_remote_code,
                                                   quantization),
-                          models, tasks, tokenizer, eval_set=eval_set, batch_size=spec.training.per_device_batch_size)
+                          models, tasks, tokenizer, eval_set=eval_set, batch_size=spec.training.per_device_batch_size,
+                          dpo=spec.training.dpo)
 
 
 def _gates(spec: JobSpec):

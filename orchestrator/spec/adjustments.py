@@ -6,7 +6,9 @@ combination that routine use produces and says what it did:
 - a run shortened on the command line keeps the job file's warmup: the warmup is cut to a
   tenth of the run (`fit_warmup`);
 - `method.kind=full` on the command line, for a LoRA job file: the file's `method.lora`, which
-  served the file's own kind, is dropped (`drop_blocks_of_replaced_kind`).
+  served the file's own kind, is dropped (`drop_blocks_of_replaced_kind`);
+- `training.objective=sft` on the command line, for a DPO job file: the file's `training.dpo`
+  is dropped the same way.
 
 Nothing else is adjusted: a block the job file gives for another kind than its own, or one
 given on the command line together with the kind, is still refused.
@@ -43,12 +45,12 @@ def drop_blocks_of_replaced_kind(raw: dict[str, Any], data: dict[str, Any], over
     to the new one. Blocks given on the command line, and blocks the file's own kind did not use,
     stay for the rules to refuse."""
     keys = [item.partition("=")[0].strip() for item in overrides]
+    notes = _drop_dpo_of_replaced_objective(raw, data, keys)
     method, file_method = data.get("method"), raw.get("method")
     if "method.kind" not in keys or not isinstance(method, dict) or not isinstance(file_method, dict):
-        return []
+        return notes
     new_kind = method.get("kind")
     old_kind = file_method.get("kind", MethodSpec.model_fields["kind"].default)
-    notes = []
     for block, kinds in BLOCK_KINDS.items():
         on_command_line = any(k == "method" or k == f"method.{block}" or k.startswith(f"method.{block}.")
                               for k in keys)
@@ -60,3 +62,14 @@ def drop_blocks_of_replaced_kind(raw: dict[str, Any], data: dict[str, Any], over
                                              f"{block} block (for method.kind={old_kind}) does not apply to it and "
                                              f"is dropped"))
     return notes
+
+
+def _drop_dpo_of_replaced_objective(raw: dict[str, Any], data: dict[str, Any], keys: list[str]) -> list[Note]:
+    training, file_training = data.get("training"), raw.get("training")
+    if ("training.objective" not in keys or not isinstance(training, dict) or not isinstance(file_training, dict)
+            or training.get("objective") == "dpo" or file_training.get("objective") != "dpo"
+            or training.get("dpo") is None or any(k == "training.dpo" or k.startswith("training.dpo.") for k in keys)):
+        return []
+    del training["dpo"]
+    return [Note("training.dpo", f"training.objective={training.get('objective')} was set on the command line; the "
+                                 "job file's dpo block does not apply to it and is dropped")]

@@ -271,6 +271,17 @@ class DataSpec(Strict):
 # ------------------------------------------------------------------------ training
 
 
+class DPOSpec(Strict):
+    beta: float = Field(0.1, gt=0, le=100)
+    """How far the policy may move from the reference: the implicit reward of a completion is
+    beta x (its log-probability under the policy - under the reference)."""
+
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """sigmoid: DPO's -log sigmoid(beta x margin) on summed log-probabilities; ipo: IPO's
+    (margin - 1/(2 beta))^2 on per-token mean log-probabilities, which does not push the
+    margin to infinity on pairs it already separates."""
+
+
 class TrainingSpec(Strict):
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps to run. Set this or `epochs` (not both); neither means one epoch."""
@@ -327,6 +338,16 @@ class TrainingSpec(Strict):
     """L2-SP: add l2sp/2 x ||w - w_base||^2 over the trainable weights to the loss, pulling
     full and freeze fine-tunes toward the base model (mitigates forgetting; ddp only)."""
 
+    objective: Literal["sft", "dpo"] = "sft"
+    """sft: next-token loss on the response tokens; dpo: Direct Preference Optimization on
+    preference pairs (data format preference): raise the policy's log-probability of the
+    chosen completion over the rejected one, relative to the reference model (the base with
+    adapters disabled for lora/qlora; for full/freeze, the base's log-probabilities of every
+    pair, computed once before training)."""
+
+    dpo: DPOSpec | None = None
+    """DPO settings (objective dpo; filled with defaults when absent)."""
+
     kl_to_base: float | None = Field(None, gt=0)
     """Add kl_to_base x KL(tuned || base) on the training batch's response tokens to the loss:
     the model learns the target while its next-token distribution stays close to the base
@@ -340,6 +361,12 @@ class TrainingSpec(Strict):
 
     eval_every_steps: int | None = Field(None, ge=1)
     """Evaluate on data.eval every N steps (and at the end). Needs data.eval."""
+
+    @model_validator(mode="after")
+    def _fill_dpo_defaults(self) -> "TrainingSpec":
+        if self.objective == "dpo" and self.dpo is None:
+            self.dpo = DPOSpec()
+        return self
 
 
 # ----------------------------------------------------------------------- resources

@@ -269,6 +269,30 @@ def forgetting_controls_fit(spec: JobSpec) -> list[Problem]:
     return problems
 
 
+def objective_fits(spec: JobSpec) -> list[Problem]:
+    """DPO trains on preference pairs, and preference pairs train only with DPO."""
+    t, fmt = spec.training, spec.data.train.format
+    problems = []
+    if t.dpo is not None and t.objective != "dpo":
+        problems.append(Problem("training.dpo", f"DPO settings do not apply to objective {t.objective}",
+                                "remove training.dpo (on the command line: training.dpo=null), or set "
+                                "training.objective: dpo"))
+    if t.objective == "dpo" and fmt != "preference":
+        problems.append(Problem("training.objective", f"DPO learns from preference pairs, and data.train is "
+                                                      f"'{fmt}' data", "use format: preference rows {prompt, chosen, "
+                                                                       "rejected}, or objective sft"))
+    if t.objective != "dpo" and fmt == "preference":
+        problems.append(Problem("data.train.format", "preference pairs train with the DPO objective",
+                                "set training.objective: dpo"))
+    if t.objective == "dpo" and spec.method.kind == "head":
+        problems.append(Problem("training.objective", "method head trains a classifier; DPO compares completions "
+                                                      "of a causal LM", "use method lora, qlora, full or freeze"))
+    if t.objective == "dpo" and t.kl_to_base is not None:
+        problems.append(Problem("training.kl_to_base", "DPO already holds the policy to its reference (beta)",
+                                "remove training.kl_to_base, or raise training.dpo.beta"))
+    return problems
+
+
 def merge_needs_adapter(spec: JobSpec) -> list[Problem]:
     if spec.merge.required and not spec.merge.enabled:
         return [Problem("merge.required", "merge.required makes a failed merge fail the job, and this job merges "
@@ -377,6 +401,7 @@ RULES: tuple[Rule, ...] = (
     steps_or_epochs,
     forgetting_tasks_consistent,
     forgetting_controls_fit,
+    objective_fits,
     merge_needs_adapter,
     checkpoint_resume_value,
     checkpoint_best_measured,

@@ -74,8 +74,12 @@ class BatchFeed:
             self._queue.put(err)
 
     def _make(self, position: DataPosition) -> StepBatches:
-        batches = [collate([self.train_set[i] for i in idx], self.pad_id)
-                   for idx in self.plan.micro_batches_at(position, self.rank)]
+        batches = []
+        for idx in self.plan.micro_batches_at(position, self.rank):
+            batch = collate([self.train_set[i] for i in idx], self.pad_id)
+            if "pairs" in batch:  # preference pairs: their rows index the reference table (full/freeze DPO)
+                batch["rows"] = torch.tensor(idx)
+            batches.append(batch)
         units = sum(loss_units(b) for b in batches)
         tokens = sum(int(b["attention_mask"].sum()) for b in batches)
         if self.pin:

@@ -34,6 +34,7 @@ from orchestrator.forgetting.watch import ForgettingWatch
 from orchestrator.jsonfile import write_json
 from orchestrator.models.build import build_model, load_tokenizer
 from orchestrator.models.divergence import BaseModel, KLMeter, loss_and_kl_sums
+from orchestrator.models.preference import STATS as DPO_STATS, Reference, dpo_sums, reference_table
 from orchestrator.models.kernels import adapters_under_autocast, input_casts_skipped, token_loss_fn
 from orchestrator.models.loss import token_loss_sum
 from orchestrator.ranks import sum_across_ranks
@@ -107,6 +108,23 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
                            spec.method.kind in ("lora", "qlora"), shard_eval,
                            base=BaseModel(unwrapped, frozen_base) if frozen_base is not None else None)
         kl_meter.snapshot()
+    # DPO's reference: the base with adapters disabled, or for full/freeze the base's
+    # log-probabilities of every pair, taken now (a resumed run takes them again from the
+    # base weights, before its checkpoint is loaded).
+    dpo = t.dpo if t.objective == "dpo" else None
+    eval_set = load_prepared(Path(config.eval_cache)) if config.eval_cache else None
+    train_table = eval_table = None
+    if dpo is not None and spec.method.kind in ("full", "freeze"):
+        train_table = reference_table(unwrapped, train_set, pad_id, t.per_device_batch_size, accelerator.device,
+                                      shard_eval)
+        if eval_set is not None:
+            eval_table = reference_table(unwrapped, eval_set, pad_id, t.per_device_batch_size, accelerator.device,
+                                         shard_eval)
+    reference = Reference.of(unwrapped, train_table) if dpo is not None else None
+
+    def evaluate_eval() -> dict[str, float]:
+        return evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval, dpo,
+                               eval_table)
 
     # ---- resume: the driver's choice, or after a restart the latest good checkpoint ----
     attempt, resume_from = _begin_attempt(config, run, rank)
@@ -132,7 +150,6 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
     if rank == 0:
         writer.remove_stale_staging()
 
-    eval_set = load_prepared(Path(config.eval_cache)) if config.eval_cache else None
     log = MetricsLog(run.metrics, enabled=rank == 0, keep_through=state.step,
                      tensorboard_dir=run.tensorboard if spec.tracking.tensorboard else None,
                      mlflow=mlflow_run(spec, config.mlflow_tracking_uri, run.root.name)
@@ -149,7 +166,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
     if resume_from is None:
         watch.baseline()
         if eval_set is not None:  # the base model's target-task metrics, for negative transfer
-            state.eval_base = evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval)
+            state.eval_base = evaluate_eval()
     gate_trips: list = []
 
     def save(blocking: bool, metrics: dict[str, Any] | None = None) -> None:
@@ -176,12 +193,16 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
         global_units = tallies.units(step_batches.loss_units)
         loss_sum = torch.zeros((), device=accelerator.device)
         kl_step = torch.zeros((), device=accelerator.device)
+        dpo_step = torch.zeros(len(DPO_STATS), device=accelerator.device)
         for k, batch in enumerate(batches):
             batch = {key: v.to(accelerator.device, non_blocking=True) for key, v in batch.items()}
             # DeepSpeed handles accumulation itself; FSDP2 reduces every micro-batch.
             sync = k == len(batches) - 1 or deepspeed or fsdp
             with (accelerator.no_sync(model) if not sync else nullcontext()), input_casts_skipped(autocast_adapters):
-                if kl_base is not None:
+                if dpo is not None:  # token_loss: here the summed DPO loss of the micro-batch's pairs
+                    objective, stats = dpo_sums(model, batch, reference, dpo.beta, dpo.loss)
+                    token_loss, dpo_step = objective, dpo_step + stats
+                elif kl_base is not None:
                     token_loss, kl = loss_and_kl_sums(model, batch, kl_base)
                     objective = token_loss + t.kl_to_base * kl
                     kl_step = kl_step + kl.detach()
@@ -226,12 +247,16 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
                 record["grad_norm"] = float(norm)
             if l2sp is not None:
                 record["l2sp_penalty"] = l2sp.penalty()
+            if dpo is not None:  # the step's means over its pairs
+                sums = dict(zip(DPO_STATS, sum_across_ranks(dpo_step.tolist(), accelerator.device)))
+                pairs = max(float(global_units), 1.0)
+                record.update({f"dpo/{k}": v / pairs for k, v in sums.items()})
+                record["dpo/reward_margin"] = (sums["rewards_chosen"] - sums["rewards_rejected"]) / pairs
             if kl_base is not None:  # the step's mean KL to the base per label token
                 record["kl_to_base"] = sum_across_ranks([float(kl_step)], accelerator.device)[0] / \
                     max(float(global_units), 1.0)
         if eval_set is not None and t.eval_every_steps and state.step % t.eval_every_steps == 0:
-            record.update(step=state.step, **evaluate_target(accelerator, model, eval_set, pad_id,
-                                                             t.per_device_batch_size, shard_eval))
+            record.update(step=state.step, **evaluate_eval())
         trips = []
         if watch.kl_due(state.step, total_steps):
             scalars, trips = watch.measure_kl(state.step)
@@ -274,7 +299,7 @@ def train_loop_per_worker(config_json: dict[str, Any]) -> None:
     # ---- finish: evaluations, final checkpoint, gates, artifact ---------------------------
     final: dict[str, Any] = {"step": state.step}
     if eval_set is not None:
-        final.update(evaluate_target(accelerator, model, eval_set, pad_id, t.per_device_batch_size, shard_eval))
+        final.update(evaluate_eval())
     save(blocking=True, metrics=last_record)
     mirror_errors = writer.mirror_errors + (mirror.wait() if mirror is not None else [])
     gate = _apply_gate(spec, gate_trips, watch, writer, accelerator, model, optimizer, scheduler) if gate_trips else None
