@@ -48,7 +48,7 @@ class BaseModel:
     def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.frozen is not None:
             return self.frozen(**inputs).logits
-        with self.model.disable_adapter():
+        with self.model.disable_adapter(), evaluating(self.model):  # the base as it is, no dropout
             return self.model(**inputs).logits
 
 

@@ -22,6 +22,15 @@ ROWS = [{"prompt": "12+30=", "response": "042"}, {"prompt": "rev abcd=", "respon
         {"prompt": "sort 93172=", "response": "12379"}, {"prompt": "a=7 b=2 c=0 d=1 ?c", "response": "0"}]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small models on a busy machine run many times faster on one thread than on two.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------- kl_sum
 
 
@@ -156,7 +165,7 @@ def test_loss_and_kl_sums_at_lora_init_and_after_the_adapter_moves(model_dir, ba
     loss, kl = loss_and_kl_sums(model, batch, base)
     with torch.no_grad():
         assert float(loss) == pytest.approx(float(token_loss_sum(model, batch)), rel=1e-5)
-    assert float(kl) > 1e-4
+    assert float(kl.detach()) > 1e-4
     kl.backward()
     lora_b = [p for n, p in model.named_parameters() if ".lora_B." in n]
     assert lora_b and all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in lora_b)
