@@ -37,6 +37,8 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     - ``alpaca_train``: the target training rows as ``{"instruction", "input": "", "output"}``
     - ``sharegpt_train``: the target training rows as ShareGPT conversations, one human and
       one gpt turn each
+    - ``preference_train`` / ``preference_eval``: the target rows as ``{"prompt", "chosen",
+      "rejected"}``: chosen is the response, rejected the word shifted by two (`wrong_shift`)
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,4 +80,15 @@ def write_demo_data(out_dir: Path, n_train: int = 2000, n_eval: int = 200) -> di
     sharegpt_rows = [{"conversations": [{"from": "human", "value": row["prompt"]},
                                         {"from": "gpt", "value": row["response"]}]} for row in target_train]
     written["sharegpt_train"] = _write_jsonl(out_dir / "sharegpt_train.jsonl", sharegpt_rows)
+    for name, rows in (("preference_train", target_train), ("preference_eval", target_eval)):
+        pairs = [{"prompt": row["prompt"], "chosen": row["response"], "rejected": wrong_shift(row["response"])}
+                 for row in rows]
+        written[name] = _write_jsonl(out_dir / f"{name}.jsonl", pairs)
     return written
+
+
+def wrong_shift(response: str) -> str:
+    """The demo preference data's rejected answer to a shift prompt: every letter of the right
+    answer moved one more on (the word shifted by two, z wraps to a). A plausible mistake that
+    differs from the right answer in every letter, so it never equals it."""
+    return "".join(chr((ord(c) - ord("a") + 1) % 26 + ord("a")) for c in response)

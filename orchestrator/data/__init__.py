@@ -11,10 +11,10 @@ Modules, one concern each:
   each row with the number a user would look up in the file.
 - `demo`: generates the built-in demo files on first use, safely across processes.
 - `formats`: one row -> token ids and loss labels (text, instruction, alpaca, chat, sharegpt,
-  classification).
+  classification, preference pairs).
 - `packing`: concatenates examples into full rows without letting loss cross examples.
 - `fingerprint`: a stable hash of data + settings + tokenizer, which names the cache entry.
-- `collate`: pads examples into tensors.
+- `collate`: pads examples into tensors (a preference pair into two rows).
 - `pipeline`: ties them together (`prepare_dataset`, `load_prepared`, `PreparedData`).
 
 Importing this package is cheap: torch and datasets are imported inside the functions that

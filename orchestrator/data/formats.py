@@ -16,6 +16,14 @@ the tokens before ``t`` (the model shifts internally); -100 means "no loss here"
 - sharegpt: ``{conversations: [{from, value}, ...]}``; roles mapped by `SHAREGPT_ROLES` and
   ``columns.role_map`` to system/user/assistant, then encoded exactly like chat.
 - classification: ``bos + text`` and an integer ``label`` (no LM labels).
+- preference: ``{prompt, chosen, rejected}``; two examples per row, one per completion, in
+  one `Example` (the rejected side in ``rejected_input_ids``/``rejected_labels``). A string
+  prompt takes string completions and each side is encoded exactly like the instruction row
+  ``{prompt, response: completion}`` (system column included). A list-of-messages prompt takes
+  completions that are lists of messages or strings (a string is one assistant message), and
+  each side is encoded like the chat row ``prompt + completion``, loss on the completion's
+  assistant turns only (never on assistant turns inside the prompt). Each side is truncated
+  on its own.
 - multiple_choice (forgetting tasks only, not encoded here): ``{prompt, choices, answer}``
   rows are checked by `multiple_choice_row`; the evaluator tokenises them itself.
 
@@ -31,7 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 from orchestrator.data.errors import DataError
 
@@ -76,7 +84,11 @@ class Example:
     label: int | None = None
     """Class index (classification only)."""
     truncated: bool = False
-    """True when the example was cut to max_seq_len."""
+    """True when the example (either side of a preference pair) was cut to max_seq_len."""
+    rejected_input_ids: list[int] | None = None
+    """The rejected side of a preference pair (input_ids/labels hold the chosen side)."""
+    rejected_labels: list[int] | None = None
+    """Per-token targets of the rejected side (preference only)."""
 
 
 Outcome = Example | RowProblem
@@ -98,6 +110,7 @@ def encode_rows(
         "chat": _encode_chat,
         "sharegpt": _encode_sharegpt,
         "classification": _encode_classification,
+        "preference": _encode_preference,
     }
     if fmt not in encoders:
         raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(encoders)}")
@@ -150,11 +163,12 @@ def _class_label(row: dict[str, Any], name: str) -> int:
 
 
 def _messages(row: dict[str, Any], name: str, role_key: str, content_key: str,
-              roles: dict[str, str], known_roles_only: bool) -> list[dict[str, Any]]:
+              roles: dict[str, str], known_roles_only: bool, need_assistant: bool = True) -> list[dict[str, Any]]:
     """The row's conversation as the {role, content} messages chat templates take.
 
     `roles` renames the file's role names; a name it lacks passes through unchanged, or with
     `known_roles_only` is a problem. Other keys of a message are kept (templates may use them).
+    With `need_assistant` a conversation without an assistant message is a problem.
     """
     value = _column(row, name)
     shape = f"column {name!r} must be a list of {{{role_key}, {content_key}}} objects"
@@ -176,7 +190,7 @@ def _messages(row: dict[str, Any], name: str, role_key: str, content_key: str,
                 f"columns.role_map, e.g. role_map: {{{role}: assistant}}")
         rest = {key: item for key, item in message.items() if key not in (role_key, content_key)}
         messages.append({**rest, "role": roles.get(role, role), "content": message[content_key]})
-    if not any(message["role"] == "assistant" for message in messages):
+    if need_assistant and not any(message["role"] == "assistant" for message in messages):
         raise RowProblem(f"column {name!r} has no assistant message, so there is nothing to learn")
     return messages
 
@@ -269,12 +283,17 @@ def _encode_text(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
     return outcomes
 
 
+def _with_system(row: dict[str, Any], columns: ColumnsSpec, prompt: str) -> str:
+    """The instruction format's prompt: [system + SYSTEM_SEPARATOR] + prompt."""
+    system = _optional_string(row, columns.system)
+    return prompt if system is None else system + SYSTEM_SEPARATOR + prompt
+
+
 def _encode_instruction(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
     def read(row: dict[str, Any]) -> tuple[str, str]:
         prompt = _string(row, columns.prompt)
         response = _string(row, columns.response)
-        system = _optional_string(row, columns.system)
-        return (prompt if system is None else system + SYSTEM_SEPARATOR + prompt), response
+        return _with_system(row, columns, prompt), response
 
     return _encode_prompt_response(_extract(rows, read), "instruction", tokenizer, max_seq_len)
 
@@ -347,8 +366,10 @@ def _render(tokenizer: Any, template: str, messages: list[dict[str, Any]], gener
         raise RowProblem(f"the chat template rejected the messages: {exc}") from exc
 
 
-def _assistant_char_spans(tokenizer: Any, template: str, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and find the character range of each assistant turn.
+def _assistant_char_spans(tokenizer: Any, template: str, messages: list[dict[str, Any]],
+                          first: int = 0) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation and find the character range of each assistant turn from
+    ``messages[first]`` on (earlier turns are context, as in a preference prompt).
 
     Templates are opaque Jinja, so turns are found by rendering prefixes: the assistant turn
     ``i`` starts where ``messages[:i]`` rendered with the generation prompt ends (so the
@@ -360,7 +381,7 @@ def _assistant_char_spans(tokenizer: Any, template: str, messages: list[dict[str
     full = _render(tokenizer, template, messages, generation=False)
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or index < first:
             continue
         before = _render(tokenizer, template, messages[:index], generation=True)
         through = _render(tokenizer, template, messages[: index + 1], generation=False)
@@ -390,35 +411,119 @@ def _encode_sharegpt(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
     return _encode_conversations(rows, read, "sharegpt", tokenizer, max_seq_len)
 
 
-def _encode_conversations(rows, read: Callable[[dict[str, Any]], list[dict[str, Any]]], fmt: str,
-                          tokenizer: Any, max_seq_len: int) -> list[Outcome]:
-    """Each row's messages (from `read`) through the chat template, loss on assistant turns."""
+def _conversation_template(tokenizer: Any, fmt: str) -> str:
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"{fmt} data needs a fast (Rust-backed) tokenizer to map assistant turns "
                         "to tokens; load the tokenizer with use_fast=True")
-    template = chat_template_of(tokenizer)
+    return chat_template_of(tokenizer)
+
+
+def _encode_conversations(rows, read: Callable[[dict[str, Any]], list[dict[str, Any]]], fmt: str,
+                          tokenizer: Any, max_seq_len: int) -> list[Outcome]:
+    """Each row's messages (from `read`) through the chat template, loss on assistant turns."""
+    template = _conversation_template(tokenizer, fmt)
     outcomes: list[Outcome] = []
     for row in rows:
         try:
-            messages = read(row)
-            text, spans = _assistant_char_spans(tokenizer, template, messages)
+            outcomes.append(_encode_conversation(read(row), 0, tokenizer, template, max_seq_len))
         except RowProblem as problem:
             outcomes.append(problem)
+    return outcomes
+
+
+def _encode_conversation(messages: list[dict[str, Any]], first: int, tokenizer: Any, template: str,
+                         max_seq_len: int) -> Example:
+    """One conversation through the chat template, loss on its assistant turns from
+    ``messages[first]`` on; raises RowProblem when truncation leaves none of them."""
+    text, spans = _assistant_char_spans(tokenizer, template, messages, first)
+    # The template already wrote bos and the other specials as text: parse them as specials.
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids = list(encoded["input_ids"])
+    # A token belongs to the turn its first character belongs to.
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+        for token, (begin, _) in zip(ids, encoded["offset_mapping"])
+    ]
+    example = _truncate(Example(ids, labels), max_seq_len)
+    if not _has_target(example):
+        raise RowProblem(f"every assistant turn is cut off by truncation at max_seq_len={max_seq_len}; "
+                         "raise data.max_seq_len or shorten the conversation")
+    return example
+
+
+# ------------------------------------------------------------------------ preference
+
+
+def _completion(row: dict[str, Any], name: str, columns: ColumnsSpec) -> list[dict[str, Any]]:
+    """A conversational pair's completion as messages: a string is one assistant message."""
+    value = _column(row, name)
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowProblem(f"column {name!r} is empty")
+        return [{"role": "assistant", "content": value}]
+    if isinstance(value, list):
+        return _messages(row, name, columns.role or "role", columns.content or "content",
+                         dict(columns.role_map), known_roles_only=False)
+    raise RowProblem(f"column {name!r} must be a string or a list of messages, got {_kind(value)}")
+
+
+def _preference_row(row: dict[str, Any], columns: ColumnsSpec) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected): three strings (the prompt with its system text), or three
+    message lists (a system column becomes a leading system message)."""
+    prompt = _column(row, columns.prompt)
+    if isinstance(prompt, str):
+        prompt = _with_system(row, columns, _string(row, columns.prompt))
+        chosen, rejected = _string(row, columns.chosen), _string(row, columns.rejected)
+    elif isinstance(prompt, list):
+        prompt = _messages(row, columns.prompt, columns.role or "role", columns.content or "content",
+                           dict(columns.role_map), known_roles_only=False, need_assistant=False)
+        system = _optional_string(row, columns.system)
+        if system is not None:
+            prompt = [{"role": "system", "content": system}, *prompt]
+        chosen, rejected = _completion(row, columns.chosen, columns), _completion(row, columns.rejected, columns)
+    else:
+        raise RowProblem(f"column {columns.prompt!r} must be a string or a list of messages, got {_kind(prompt)}")
+    if chosen == rejected:
+        raise RowProblem(f"column {columns.rejected!r} is the same as column {columns.chosen!r}, so the pair "
+                         "prefers nothing; fix the rejected answer or drop the row")
+    return prompt, chosen, rejected
+
+
+def _encode_preference(rows, columns, tokenizer, max_seq_len) -> list[Outcome]:
+    triples = _extract(rows, lambda row: _preference_row(row, columns))
+    usable = [t for t in triples if not isinstance(t, RowProblem)]
+    strings = [t for t in usable if isinstance(t[0], str)]
+    # String pairs: each side is exactly the instruction row {prompt, response: completion}.
+    chosen_strings: Iterator[Outcome] = iter(())
+    rejected_strings: Iterator[Outcome] = iter(())
+    if strings:
+        chosen_strings = iter(_encode_prompt_response(
+            [(prompt, chosen) for prompt, chosen, _ in strings], "preference", tokenizer, max_seq_len))
+        rejected_strings = iter(_encode_prompt_response(
+            [(prompt, rejected) for prompt, _, rejected in strings], "preference", tokenizer, max_seq_len))
+    template = _conversation_template(tokenizer, "preference") if len(strings) < len(usable) else ""
+
+    def conversation(prompt: list[dict[str, Any]], completion: list[dict[str, Any]]) -> Outcome:
+        # Loss on the completion's assistant turns only, never on those inside the prompt.
+        try:
+            return _encode_conversation([*prompt, *completion], len(prompt), tokenizer, template, max_seq_len)
+        except RowProblem as problem:
+            return problem
+
+    outcomes: list[Outcome] = []
+    for triple in triples:
+        if isinstance(triple, RowProblem):
+            outcomes.append(triple)
             continue
-        # The template already wrote bos and the other specials as text: parse them as specials.
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                            verbose=False)
-        ids = list(encoded["input_ids"])
-        # A token belongs to the turn its first character belongs to.
-        labels = [
-            token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
-            for token, (begin, _) in zip(ids, encoded["offset_mapping"])
-        ]
-        example = _truncate(Example(ids, labels), max_seq_len)
-        if not _has_target(example):
-            outcomes.append(RowProblem(
-                f"every assistant turn is cut off by truncation at max_seq_len={max_seq_len}; "
-                "raise data.max_seq_len or shorten the conversation"))
+        prompt, chosen, rejected = triple
+        if isinstance(prompt, str):
+            good, bad = next(chosen_strings), next(rejected_strings)
         else:
-            outcomes.append(example)
+            good, bad = conversation(prompt, chosen), conversation(prompt, rejected)
+        if isinstance(good, RowProblem) or isinstance(bad, RowProblem):
+            key, problem = (columns.chosen, good) if isinstance(good, RowProblem) else (columns.rejected, bad)
+            outcomes.append(RowProblem(f"column {key!r}: {problem}"))
+            continue
+        outcomes.append(Example(good.input_ids, good.labels, truncated=good.truncated or bad.truncated,
+                                rejected_input_ids=bad.input_ids, rejected_labels=bad.labels))
     return outcomes

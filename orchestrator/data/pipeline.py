@@ -59,9 +59,9 @@ class DataStats:
     packed_rows: int = 0
     """Rows after packing (0 when packing is off)."""
     tokens: int = 0
-    """Tokens in the prepared dataset (padding excluded)."""
+    """Tokens in the prepared dataset (padding excluded; both sides of preference pairs)."""
     loss_tokens: int = 0
-    """Tokens that carry a loss label (LM formats)."""
+    """Tokens that carry a loss label (LM formats; both sides of preference pairs)."""
     max_label: int | None = None
     """Largest class index (classification); the caller checks it against num_labels."""
 
@@ -69,7 +69,9 @@ class DataStats:
 @dataclass
 class PreparedData:
     dataset: datasets.Dataset
-    """Columns: input_ids and labels (LM formats) or label (classification); position_ids when packed."""
+    """Columns: input_ids and labels (LM formats) or label (classification); position_ids when
+    packed; preference: input_ids and labels of the chosen side, rejected_input_ids and
+    rejected_labels of the rejected one."""
     fingerprint: str
     cache_dir: Path
     stats: DataStats
@@ -86,6 +88,9 @@ def prepare_dataset(source: DataSourceSpec, data: DataSpec, tokenizer: Any) -> P
     if source.format == "classification" and data.packing:
         raise DataError("packing does not apply to classification data (one label per example); "
                         "set data.packing: false")
+    if source.format == "preference" and data.packing:
+        raise DataError("packing does not apply to preference data (each chosen answer is compared "
+                        "with its rejected answer as a whole example); set data.packing: false")
     opened = open_source(source)
     fingerprint = data_fingerprint(opened.content_id, source, data, tokenizer)
     cache_dir = data_cache_root() / fingerprint
@@ -172,6 +177,14 @@ def _to_columns(
         stats.max_label = max(labels)
         stats.tokens = sum(len(example.input_ids) for example in examples)
         return {"input_ids": [example.input_ids for example in examples], "label": labels}
+    if fmt == "preference":
+        columns = {"input_ids": [e.input_ids for e in examples], "labels": [e.labels or [] for e in examples],
+                   "rejected_input_ids": [e.rejected_input_ids or [] for e in examples],
+                   "rejected_labels": [e.rejected_labels or [] for e in examples]}
+        stats.tokens = sum(len(ids) for key in ("input_ids", "rejected_input_ids") for ids in columns[key])
+        stats.loss_tokens = sum(t != IGNORE_INDEX for key in ("labels", "rejected_labels")
+                                for labels in columns[key] for t in labels)
+        return columns
     if data.packing:
         rows = list(pack_examples(((e.input_ids, e.labels or []) for e in examples),
                                   data.max_seq_len))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MethodKind = Literal["full", "lora", "qlora", "freeze", "head"]
 Strategy = Literal["ddp", "fsdp", "deepspeed"]
-DataFormat = Literal["text", "instruction", "alpaca", "chat", "sharegpt", "classification"]
+DataFormat = Literal["text", "instruction", "alpaca", "chat", "sharegpt", "classification", "preference"]
 TaskFormat = Literal["text", "instruction", "alpaca", "chat", "classification", "multiple_choice"]
 ChatRole = Literal["system", "user", "assistant"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -165,14 +165,16 @@ class ColumnsSpec(Strict):
     """Column with raw text (format `text` and `classification`)."""
 
     prompt: str = "prompt"
-    """Column with the instruction/prompt (format `instruction`)."""
+    """Column with the instruction/prompt (formats `instruction` and `preference`; in
+    `preference` a string or a list of messages)."""
 
     response: str = "response"
     """Column with the expected answer (format `instruction`)."""
 
     system: str | None = None
     """Column with a system prompt put before the prompt, joined by a blank line ("\n\n").
-    Format `instruction`: none unless set, and then every row needs it. Format `alpaca`:
+    Format `instruction` (and `preference`): none unless set, and then every row needs it; in a
+    conversational preference row it becomes a leading system message. Format `alpaca`:
     `system` when unset; a row without it, or with it blank, has no system prompt."""
 
     instruction: str = "instruction"
@@ -206,6 +208,13 @@ class ColumnsSpec(Strict):
     label: str = "label"
     """Column with the integer class (format `classification`)."""
 
+    chosen: str = "chosen"
+    """Column with the preferred completion of the prompt (format `preference`): a string, or
+    with a list-of-messages prompt a string (one assistant message) or a list of messages."""
+
+    rejected: str = "rejected"
+    """Column with the dispreferred completion, shaped like `chosen` (format `preference`)."""
+
 
 class DataSourceSpec(Strict):
     path: str
@@ -222,7 +231,8 @@ class DataSourceSpec(Strict):
     response only; alpaca: instruction (+ input) + output, loss on the output only; chat:
     messages through the tokenizer's chat template, loss on assistant turns; sharegpt:
     conversations of {from, value} turns, encoded like chat; classification: text + label
-    (for method `head`)."""
+    (for method `head`); preference: prompt + chosen + rejected, each side encoded like
+    instruction (string prompt) or chat (list-of-messages prompt), loss on the completions."""
 
     split: str = "train"
     """Split to read when `path` is a hub id."""

@@ -69,7 +69,7 @@ def demo_file_names() -> list[str]:
     """Files that `ftctl demo-data` writes (and `builtin:demo/<file>` can name)."""
     fixed = ["target_train.jsonl", "target_eval.jsonl", "increment_train.jsonl", "increment_eval.jsonl",
              "classify_train.jsonl", "classify_eval.jsonl", "text_train.jsonl", "alpaca_train.jsonl",
-             "sharegpt_train.jsonl"]
+             "sharegpt_train.jsonl", "preference_train.jsonl", "preference_eval.jsonl"]
     return fixed + [f"{kind}_{task}.jsonl" for kind in ("source", "replay", "mc") for task in SOURCE_TASKS]
 
 

@@ -63,6 +63,28 @@ def head_needs_labels(spec: JobSpec) -> list[Problem]:
     return problems
 
 
+def preference_pairs_kept_whole(spec: JobSpec) -> list[Problem]:
+    """Preference pairs are trained and evaluated as pairs: not packed, not mixed with
+    single-answer rows (an eval set of the other kind, replay rows)."""
+    d = spec.data
+    train_pairs = d.train.format == "preference"
+    problems = []
+    if d.packing and train_pairs:
+        problems.append(Problem("data.packing", "packing mixes several examples in one row, and a preference pair "
+                                "is compared as two whole examples", "set data.packing: false for preference data"))
+    if d.eval is not None and (d.eval.format == "preference") != train_pairs:
+        if train_pairs:
+            why = f"preference training is measured on preference pairs, and data.eval is '{d.eval.format}' rows"
+        else:
+            why = f"a preference eval set measures preference training, and data.train is '{d.train.format}' rows"
+        problems.append(Problem("data.eval.format", why, "use format: preference for both data.train and "
+                                                         "data.eval, or for neither"))
+    if d.replay is not None and train_pairs:
+        problems.append(Problem("data.replay", "replay rows are single-answer (SFT) rows, which cannot be mixed "
+                                "into preference pairs", "remove data.replay for preference data"))
+    return problems
+
+
 def strategy_options(spec: JobSpec) -> list[Problem]:
     r = spec.resources
     problems = []
@@ -323,7 +345,7 @@ def mitigation_fits_method(spec: JobSpec) -> list[Problem]:
         problems.append(Problem("training.l2sp", f"L2-SP is applied to replicated gradients; strategy {r.strategy} "
                                                  "shards them", "use strategy ddp"))
     replay = spec.data.replay
-    if replay is not None:
+    if replay is not None and spec.data.train.format != "preference":  # preference_pairs_kept_whole refuses it
         for i, source in enumerate(replay.sources):
             if source.format != spec.data.train.format:
                 problems.append(Problem(f"data.replay.sources[{i}].format", f"replay rows are mixed into training "
@@ -392,6 +414,7 @@ def promotion_has_gates(spec: JobSpec) -> list[Problem]:
 RULES: tuple[Rule, ...] = (
     method_blocks_match_kind,
     head_needs_labels,
+    preference_pairs_kept_whole,
     strategy_options,
     qlora_placement,
     cuda_only_settings,

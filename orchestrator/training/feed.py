@@ -27,7 +27,8 @@ class StepBatches:
     epoch: int
     batches: list[dict[str, torch.Tensor]]
     loss_units: int
-    """What this rank's loss is averaged over: label tokens (or examples, for a head)."""
+    """What this rank's loss is averaged over: label tokens (or examples, for a head; pairs,
+    for preference data)."""
     tokens: int
     """Tokens this rank reads (padding left out)."""
 
@@ -88,7 +89,10 @@ class BatchFeed:
 
 
 def loss_units(batch: dict[str, Any]) -> int:
-    """What the loss is averaged over: label tokens (language modelling) or examples (head)."""
+    """What the loss is averaged over: label tokens (language modelling), examples (head) or
+    pairs (preference: a batch of 2B rows holds B pairs)."""
+    if "pairs" in batch:
+        return int(batch["pairs"])
     if "label" in batch:
         return int(batch["label"].numel())
     return int((batch["labels"][:, 1:] != IGNORE).sum())

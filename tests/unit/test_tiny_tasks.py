@@ -87,7 +87,8 @@ def test_demo_data_files(tmp_path):
     replay = {f"replay_{task}" for task in tasks.SOURCE_TASKS}
     multiple_choice = {f"mc_{task}" for task in tasks.SOURCE_TASKS}
     expected = {"target_train", "target_eval", "increment_train", "increment_eval", "classify_train",
-                "classify_eval", "text_train", "alpaca_train", "sharegpt_train"} | {
+                "classify_eval", "text_train", "alpaca_train", "sharegpt_train", "preference_train",
+                "preference_eval"} | {
         f"source_{task}" for task in tasks.SOURCE_TASKS
     }
     assert set(written) == expected | replay | multiple_choice
@@ -97,7 +98,7 @@ def test_demo_data_files(tmp_path):
 
     assert len(read("target_train")) == 300 and len(read("text_train")) == 300
     for name in expected - {"target_train", "text_train", "alpaca_train", "sharegpt_train", "classify_train",
-                            "increment_train"}:
+                            "increment_train", "preference_train"}:
         assert len(read(name)) == 50, name
     assert all(set(row) == {"prompt", "response"} for row in read("target_eval") + read("source_sorting"))
     assert all(set(row) == {"text", "label"} for row in read("classify_eval"))
@@ -105,6 +106,10 @@ def test_demo_data_files(tmp_path):
     assert [row["output"] for row in read("alpaca_train")] == [row["response"] for row in read("target_train")]
     assert [row["conversations"][0]["value"] for row in read("sharegpt_train")] == \
         [row["prompt"] for row in read("target_train")]
+    for pairs, target in (("preference_train", "target_train"), ("preference_eval", "target_eval")):
+        assert [(row["prompt"], row["chosen"]) for row in read(pairs)] == \
+            [(row["prompt"], row["response"]) for row in read(target)]
+        assert all(row["rejected"] != row["chosen"] for row in read(pairs))
     train_prompts = {row["prompt"] for row in read("target_train")}
     assert not train_prompts & {row["prompt"] for row in read("target_eval")}
     assert len(read("increment_train")) == 300
