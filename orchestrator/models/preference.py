@@ -88,7 +88,7 @@ def dpo_sums(model, batch: dict[str, torch.Tensor], reference: Reference, beta: 
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     sums, counts = completion_logps(model(**inputs).logits, batch["labels"])
     ref = reference.logps(batch, inputs)
-    pairs = int(batch["pairs"])
+    pairs = batch["input_ids"].shape[0] // 2  # not int(batch["pairs"]): on a GPU that would wait for the device
     policy, base = sums, ref
     if loss == "ipo":
         policy, base = sums / counts.clamp(min=1), ref / counts.clamp(min=1)

@@ -146,11 +146,21 @@ def test_loss_and_rewards_equal_trls_dpo_trainer_on_the_same_batch(tiny, tmp_pat
     trl = pytest.importorskip("trl")
     import datasets
 
-    base_dir, tokenizer, policy = tiny
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    base_dir, tokenizer, _ = tiny
     data = datasets.Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS])
     args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(PAIRS), beta=0.2, report_to=[],
                          use_cpu=True, max_length=64, logging_steps=1, save_strategy="no")
-    trainer = trl.DPOTrainer(model=policy, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = trl.DPOTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args, train_dataset=data,
+                             processing_class=tokenizer,
+                             peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # a new adapter is zero; move it so that the policy is not its reference
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.3)
     batch = next(iter(trainer.get_train_dataloader()))
     theirs = trainer.compute_loss(trainer.model, batch)
     metrics = {k: sum(v) / len(v) for k, v in trainer._metrics["train"].items() if v}
