@@ -198,6 +198,8 @@ def _say_how_it_ended(summary: RunSummary, report: dict | None, console: Console
                   + (f", eval loss {final_eval['eval_loss']:.4f}" if final_eval.get("eval_loss") is not None else "")
                   + (f", eval accuracy {final_eval['eval_accuracy']:.3f}"
                      if final_eval.get("eval_accuracy") is not None else "")
+                  + (f", held-out reward accuracy {final_eval['eval_reward_accuracy']:.3f}"
+                     if final_eval.get("eval_reward_accuracy") is not None else "")
                   + f", {summary.train_seconds:.1f}s training")
     if report and report.get("target"):
         tg = report["target"]
