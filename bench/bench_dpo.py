@@ -22,6 +22,7 @@ import argparse
 import io
 import json
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def trl_throughput(args, spec, out: Path) -> dict:
     import torch
     import trl
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
     from orchestrator.models.build import load_tokenizer, resolve_model_dir
     from orchestrator.data.sources import open_source
@@ -75,7 +76,7 @@ def trl_throughput(args, spec, out: Path) -> dict:
                            max_steps=args.steps, learning_rate=t.lr, beta=t.dpo.beta, lr_scheduler_type="constant",
                            warmup_steps=0, max_length=spec.data.max_seq_len, logging_steps=1, save_strategy="no",
                            report_to=[], use_cpu=True, seed=t.seed, max_grad_norm=t.max_grad_norm or 0.0,
-                           dataloader_num_workers=0)
+                           dataloader_num_workers=0, disable_tqdm=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     trainer = trl.DPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
                              processing_class=tokenizer,
@@ -97,6 +98,7 @@ def trl_throughput(args, spec, out: Path) -> dict:
             ends.append(time.perf_counter())
 
     trainer.add_callback(Clock())
+    trainer.remove_callback(PrinterCallback)  # its per-step lines would drown the bench's own
     trainer.train()
     # Batches are collated ahead of use; step i trained on batch i.
     timed = sum(tokens[args.warmup:args.steps])
@@ -148,8 +150,8 @@ def main() -> int:
                 theirs.append(trl_throughput(args, spec if ours else load_spec(DPO, []), args.out / f"trl-{i}"))
             print(f"  round {i + 1} {who}: {(ours if who == 'ftctl' else theirs)[-1]['tokens_per_s']:8.0f} tok/s",
                   flush=True)
-    mine = sorted(r["tokens_per_s"] for r in ours)[len(ours) // 2]
-    trl_rate = sorted(r["tokens_per_s"] for r in theirs)[len(theirs) // 2]
+    mine = statistics.median(r["tokens_per_s"] for r in ours)
+    trl_rate = statistics.median(r["tokens_per_s"] for r in theirs)
     print(f"\nDPO throughput, tiny base + LoRA r16 all-linear, batch 16 pairs, {args.steps} steps "
           f"({args.warmup} untimed), {args.threads} threads, median of {args.rounds}:")
     print(f"  ftctl {mine:8.0f} tok/s   TRL DPOTrainer {trl_rate:8.0f} tok/s   ratio {mine / trl_rate:.2f} (goal >= 1.0)")
