@@ -207,6 +207,18 @@ def alpaca_pair(row: dict[str, Any], columns: ColumnsSpec) -> tuple[str, str]:
     return (system + SYSTEM_SEPARATOR + prompt if system and system.strip() else prompt), output
 
 
+def chat_pair(row: dict[str, Any], columns: ColumnsSpec, tokenizer: Any) -> tuple[str, str]:
+    """(prompt, response) of a chat row for exact-match evaluation: the conversation before
+    its last assistant message, rendered as training renders it with the assistant's turn
+    opened (the generation prompt); the response is that message's content."""
+    messages = _messages(row, columns.messages, columns.role or "role", columns.content or "content",
+                         dict(columns.role_map), known_roles_only=False)
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    if last == 0:
+        raise RowProblem(f"column {columns.messages!r} opens with the assistant's answer; there is no prompt")
+    return _render(tokenizer, chat_template_of(tokenizer), messages[:last], generation=True), messages[last]["content"]
+
+
 def multiple_choice_row(row: dict[str, Any]) -> tuple[str, tuple[str, ...], int]:
     """(prompt, choices, answer) of a ``{prompt, choices: [...], answer: index}`` row. In CSV,
     where cells are strings, choices is a JSON array and answer a string of digits."""

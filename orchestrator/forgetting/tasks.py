@@ -80,8 +80,8 @@ def prepare_tasks(spec: JobSpec, tokenizer) -> list[PreparedTask]:
             prepared.append(PreparedTask(task.name, task.metric, choices=tuple(
                 (prompt, c, a) for prompt, (_, c, a) in zip(prompts, choices))))
         elif task.metric == "exact_match":
-            rows = answer_rows(DataSourceSpec(path=task.path, format=task.format), limit)
-            pool = (answer_rows(DataSourceSpec(path=task.fewshot_path, format=task.format), FEWSHOT_ROWS)
+            rows = answer_rows(DataSourceSpec(path=task.path, format=task.format), limit, tokenizer)
+            pool = (answer_rows(DataSourceSpec(path=task.fewshot_path, format=task.format), FEWSHOT_ROWS, tokenizer)
                     if task.fewshot_path else rows)
             prompts = fewshot_prompts(rows, pool, task)
             prepared.append(PreparedTask(task.name, task.metric, rows=tuple(
@@ -131,28 +131,39 @@ def target_task(spec: JobSpec) -> PreparedTask | None:
     return PreparedTask(TARGET, "exact_match", rows=answer_rows(spec.data.eval, EXACT_MATCH_ROWS))
 
 
-def answer_rows(source: DataSourceSpec, limit: int) -> tuple[tuple[str, str], ...]:
+def answer_rows(source: DataSourceSpec, limit: int, tokenizer=None) -> tuple[tuple[str, str], ...]:
     """Up to `limit` (prompt, response) rows for exact-match evaluation (bad rows skipped;
     the training data pipeline has already reported them). An alpaca row's prompt is the one
-    it is trained with (`alpaca_pair`)."""
-    from orchestrator.data.formats import RowProblem, alpaca_pair
+    it is trained with (`alpaca_pair`); a chat row's is its conversation before the last
+    assistant message through the chat template (`chat_pair`, which needs the tokenizer).
+    A source without one usable row is an error: it would score 0 over nothing."""
+    from orchestrator.data.formats import RowProblem, alpaca_pair, chat_pair
     from orchestrator.data.sources import open_source
 
     cols = source.columns
     rows: list[tuple[str, str]] = []
-    for row in open_source(source).read_rows():
+    opened = open_source(source)
+    for row in opened.read_rows():
         values = row.values or {}
-        if source.format == "alpaca":
-            try:
+        try:
+            if source.format == "alpaca":
                 rows.append(alpaca_pair(values, cols))
-            except RowProblem:
+            elif source.format == "chat":
+                if tokenizer is None:
+                    raise ValueError("exact match on chat rows renders their prompts: pass the tokenizer")
+                rows.append(chat_pair(values, cols, tokenizer))
+            elif isinstance(values.get(cols.prompt), str) and isinstance(values.get(cols.response), str):
+                rows.append((values[cols.prompt], values[cols.response]))
+            else:
                 continue
-        elif isinstance(values.get(cols.prompt), str) and isinstance(values.get(cols.response), str):
-            rows.append((values[cols.prompt], values[cols.response]))
-        else:
+        except RowProblem:
             continue
         if len(rows) >= limit:
             break
+    if not rows:
+        keys = {"alpaca": f"{cols.instruction}/{cols.output}", "chat": f"{cols.messages} with an assistant message"}
+        raise DataError(f"{opened.name} has no row with {keys.get(source.format, f'{cols.prompt}/{cols.response}')} "
+                        "for exact match; check the file, its format and columns")
     return tuple(rows)
 
 
